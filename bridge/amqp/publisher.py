@@ -1,0 +1,247 @@
+"""Confirmed, mandatory, persistent publishing with its own reconnect loop.
+
+`AmqpPublisher.run()` keeps one connection and one confirm channel up: connect, declare the
+topology, mark ready, wait for loss, back off, repeat. The bridge owns this loop rather than
+using aio-pika's robust connection so that readiness includes the topology, reconnects follow
+the one back-off policy, and a topology conflict stops the process instead of looping.
+
+`publish()` returns only after `basic.ack`; every other outcome raises a `PublishError`.
+Confirmed ids are remembered (bounded) so a redelivered notification is not published twice
+while the process lives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from datetime import UTC, datetime
+from typing import Protocol
+
+import aio_pika
+import aiormq
+import aiormq.exceptions
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS
+from pamqp.commands import Basic
+
+from bridge import APP_ID
+from bridge.amqp.topology import Topology, declare
+from bridge.config import AmqpConfig, mask_url
+from bridge.envelope import Outbound
+from bridge.errors import (
+    BrokerUnavailable,
+    PublishNacked,
+    PublishReturned,
+    PublishTimeout,
+    TopologyError,
+)
+from bridge.logs import log_event
+from bridge.metrics import BROKER_UP, CONFIRM_LATENCY, IN_FLIGHT
+from bridge.retry import Backoff, sleep_unless
+
+log = logging.getLogger("bridge.amqp")
+
+
+class Publisher(Protocol):
+    """What ingest paths see of the broker."""
+
+    def is_ready(self) -> bool: ...
+
+    async def wait_ready(self) -> None: ...
+
+    async def publish(self, out: Outbound) -> bool:
+        """Publish and wait for the confirm. False if it was confirmed before (duplicate)."""
+        ...
+
+
+class RecentIds:
+    """A bounded set of recently confirmed message ids (insertion-ordered, oldest evicted)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def __contains__(self, message_id: object) -> bool:
+        return message_id in self._ids
+
+    def add(self, message_id: str) -> None:
+        if self._size <= 0:
+            return
+        self._ids[message_id] = None
+        self._ids.move_to_end(message_id)
+        if len(self._ids) > self._size:
+            self._ids.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
+class AmqpPublisher:
+    def __init__(self, cfg: AmqpConfig, topo: Topology, backoff: Backoff | None = None) -> None:
+        self._cfg = cfg
+        self._topo = topo
+        self._backoff = backoff or Backoff(initial=0.2, maximum=10.0)
+        self._ready = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._channel: aiormq.Channel | None = None
+        self._recent = RecentIds(cfg.dedup_size)
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.fatal: BaseException | None = None
+
+    # -- readiness ---------------------------------------------------------------------
+
+    def is_ready(self) -> bool:
+        return self._ready.is_set()
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+
+    # -- the connection loop -----------------------------------------------------------
+
+    async def run(self) -> None:
+        """Keep a confirm channel up until `close()`; raises `TopologyError` (fatal)."""
+        attempt = 0
+        url = mask_url(self._cfg.url)
+        while not self._stop.is_set():
+            try:
+                connection = await aio_pika.connect(
+                    self._cfg.url,
+                    timeout=self._cfg.connect_timeout,
+                    heartbeat=self._cfg.heartbeat,
+                    client_properties={"connection_name": f"bridge {APP_ID}"},
+                )
+            except (*CONNECTION_EXCEPTIONS, TimeoutError) as exc:
+                delay = self._backoff.delay(attempt)
+                attempt += 1
+                log_event(
+                    log, logging.WARNING, "broker.connect_failed",
+                    url=url, error=type(exc).__name__, detail=str(exc)[:200],
+                    retry_in=round(delay, 2),
+                )  # fmt: skip
+                await sleep_unless(self._stop, delay)
+                continue
+            try:
+                await self._session(connection, url)
+                attempt = 0
+            except TopologyError as exc:
+                self.fatal = exc
+                raise
+            except (*CONNECTION_EXCEPTIONS, TimeoutError) as exc:
+                log_event(
+                    log, logging.WARNING, "broker.setup_failed",
+                    url=url, error=type(exc).__name__, detail=str(exc)[:200],
+                )  # fmt: skip
+            finally:
+                self._ready.clear()
+                BROKER_UP.set(0)
+                self._channel = None
+                if self._stop.is_set():
+                    await self._drain()
+                await _close_quietly(connection)
+            if not self._stop.is_set():
+                delay = self._backoff.delay(attempt)
+                attempt += 1
+                log_event(log, logging.WARNING, "broker.lost", url=url, retry_in=round(delay, 2))
+                await sleep_unless(self._stop, delay)
+
+    async def _session(self, connection: aio_pika.abc.AbstractConnection, url: str) -> None:
+        """Open the confirm channel, declare the topology, serve until lost or stopped."""
+        lost = asyncio.Event()
+        connection.close_callbacks.add(lambda *_: lost.set())
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        channel.close_callbacks.add(lambda *_: lost.set())
+        await declare(channel, self._topo, timeout=self._cfg.connect_timeout)
+        underlay = await channel.get_underlay_channel()
+        assert isinstance(underlay, aiormq.Channel)
+        self._channel = underlay
+        self._ready.set()
+        BROKER_UP.set(1)
+        log_event(log, logging.INFO, "broker.ready", url=url)
+        stop = asyncio.ensure_future(self._stop.wait())
+        gone = asyncio.ensure_future(lost.wait())
+        try:
+            await asyncio.wait({stop, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            gone.cancel()
+
+    async def close(self, drain_timeout: float = 10.0) -> None:
+        """Stop reconnecting; in-flight publishes get `drain_timeout` to finish first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), drain_timeout)
+        except TimeoutError:
+            log_event(log, logging.WARNING, "broker.drain_timeout", in_flight=self._in_flight)
+        self._stop.set()
+
+    async def _drain(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), self._cfg.confirm_timeout)
+
+    # -- publishing --------------------------------------------------------------------
+
+    async def publish(self, out: Outbound) -> bool:
+        if out.message_id in self._recent:
+            return False
+        channel = self._channel
+        if channel is None or channel.is_closed:
+            raise BrokerUnavailable("no confirm channel to RabbitMQ")
+        properties = aiormq.spec.Basic.Properties(
+            content_type="application/json",
+            delivery_mode=2,
+            message_id=out.message_id,
+            timestamp=_timestamp(out.timestamp),
+            message_type=out.event,
+            app_id=APP_ID,
+            headers=dict(out.headers),
+        )
+        self._in_flight += 1
+        IN_FLIGHT.inc()
+        self._idle.clear()
+        started = time.perf_counter()
+        try:
+            result = await channel.basic_publish(
+                out.body,
+                exchange=out.exchange,
+                routing_key=out.routing_key,
+                properties=properties,
+                mandatory=True,
+                timeout=self._cfg.confirm_timeout,
+            )
+        except aiormq.exceptions.PublishError as exc:
+            raise PublishReturned(f"returned by the broker: {exc}") from None
+        except aiormq.exceptions.DeliveryError as exc:
+            raise PublishNacked(f"nacked by the broker: {exc}") from None
+        except TimeoutError:
+            raise PublishTimeout(f"no confirm within {self._cfg.confirm_timeout}s") from None
+        except CONNECTION_EXCEPTIONS as exc:
+            raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from None
+        finally:
+            self._in_flight -= 1
+            IN_FLIGHT.dec()
+            if not self._in_flight:
+                self._idle.set()
+        if not isinstance(result, Basic.Ack):
+            raise PublishNacked(f"unexpected confirm frame {type(result).__name__}")
+        CONFIRM_LATENCY.observe(time.perf_counter() - started)
+        self._recent.add(out.message_id)
+        return True
+
+
+def _timestamp(seconds: int | None) -> datetime | None:
+    if seconds is None:
+        return None
+    try:
+        return datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+async def _close_quietly(connection: aio_pika.abc.AbstractConnection) -> None:
+    try:
+        await asyncio.wait_for(connection.close(), 5)
+    except (*CONNECTION_EXCEPTIONS, TimeoutError):
+        pass

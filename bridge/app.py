@@ -1,0 +1,96 @@
+"""The composition root: build the publisher, pipeline and pollers from settings; run; stop.
+
+Graceful stop (`shutdown()`): pollers abandon pending long polls and finish the notification
+in hand (publish, confirm, delete); then in-flight publishes drain and the connection closes.
+`SIGKILL` at any moment loses nothing: the provider was not acknowledged for what was not
+confirmed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import httpx
+
+from bridge.amqp.publisher import AmqpPublisher
+from bridge.amqp.topology import topology
+from bridge.config import Settings
+from bridge.ingest.pipeline import Pipeline
+from bridge.ingest.poller import Poller, build_client
+from bridge.logs import log_event
+from bridge.retry import Backoff
+
+log = logging.getLogger("bridge.app")
+
+
+class Service:
+    def __init__(self, settings: Settings, *, client: httpx.AsyncClient | None = None) -> None:
+        cfg = settings.config
+        self.settings = settings
+        extra = [s.exchange for s in cfg.sources if s.exchange]
+        self.publisher = AmqpPublisher(
+            cfg.amqp,
+            topology(cfg.amqp, extra),
+            Backoff(initial=cfg.poll.backoff_initial, maximum=min(cfg.poll.backoff_max, 10.0)),
+        )
+        self.pipeline = Pipeline(cfg.amqp, self.publisher)
+        self._own_client = client is None
+        self.client = client or build_client(cfg.poll)
+        self.pollers = [
+            Poller(
+                source,
+                settings.token(source),
+                client=self.client,
+                pipeline=self.pipeline,
+                poll=cfg.poll,
+            )
+            for source in cfg.sources
+            if source.mode == "poll"
+        ]
+        self._tasks: list[asyncio.Task[None]] = []
+        self._publisher_task: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+
+    async def run(self) -> None:
+        """Run until `shutdown()`; a fatal error (topology conflict) propagates."""
+        log_event(
+            log, logging.INFO, "service.starting",
+            pollers=len(self.pollers), exchange=self.settings.config.amqp.exchange,
+        )  # fmt: skip
+        self._publisher_task = asyncio.create_task(self.publisher.run(), name="publisher")
+        self._tasks = [
+            asyncio.create_task(p.run(), name=f"poll {p.source.name}") for p in self.pollers
+        ]
+        stopped = asyncio.create_task(self._stopped.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {self._publisher_task, stopped}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if self._publisher_task in done:
+                self._publisher_task.result()  # raises the fatal error
+        finally:
+            stopped.cancel()
+            if not self._stopped.is_set():
+                await self.shutdown()
+
+    async def shutdown(self, timeout: float = 15.0) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        log_event(log, logging.INFO, "service.stopping")
+        for poller in self.pollers:
+            poller.stop()
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.publisher.close()
+        if self._publisher_task is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(self._publisher_task, timeout)
+        if self._own_client:
+            await self.client.aclose()
+        log_event(log, logging.INFO, "service.stopped")

@@ -1,0 +1,226 @@
+"""`bridge …` commands; logging setup; the aiorun entry point.
+
+CLI parsing uses the standard library's argparse: subcommands, help and errors are all it
+needs to do, and it adds no dependency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from bridge import __version__, logs
+from bridge.config import Settings, dump, load
+from bridge.errors import ConfigError
+
+EXIT_CONFIG = 2
+log = logging.getLogger("bridge.cli")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    return handler(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bridge",
+        description="WhatsApp-gateway notifications into RabbitMQ, acknowledged after confirm.",
+    )
+    parser.add_argument("--version", action="version", version=f"bridge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", help="TOML file (default: ./bridge.toml when present)")
+        p.add_argument("--log-format", choices=["auto", "json", "text"], default=None)
+        p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=None)
+
+    run = sub.add_parser("run", help="run the service")
+    common(run)
+    run.set_defaults(handler=cmd_run)
+
+    check = sub.add_parser("check-config", help="validate the configuration and print it")
+    common(check)
+    check.set_defaults(handler=cmd_check_config)
+
+    fake = sub.add_parser("fake-provider", help="a local GREEN-API stand-in for demos and tests")
+    common(fake)
+    fake.add_argument("--listen", default="127.0.0.1:8091", help="HOST:PORT (default %(default)s)")
+    fake.add_argument(
+        "--instance", action="append", default=[], metavar="ID:TOKEN",
+        help="an instance to serve (repeatable); --config adds every polling source",
+    )  # fmt: skip
+    fake.add_argument(
+        "--seed-samples", action="store_true", help="enqueue the sample notifications"
+    )
+    fake.add_argument("--feed", type=float, default=None, metavar="SECONDS",
+                      help="keep adding one sample per instance every SECONDS")  # fmt: skip
+    fake.add_argument("--latency", type=float, default=0.0, help="seconds added to every call")
+    fake.set_defaults(handler=cmd_fake_provider)
+
+    bench = sub.add_parser("bench", help="benchmarks")
+    bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    from bridge.bench.poll import add_arguments as add_poll_arguments
+
+    poll = bench_sub.add_parser("poll", help="polling throughput against the protocol limit")
+    add_poll_arguments(poll)
+    poll.set_defaults(handler=cmd_bench_poll)
+    return parser
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    path = args.config
+    if path is None and Path("bridge.toml").exists():
+        path = "bridge.toml"
+    return load(path)
+
+
+def _setup_logging(args: argparse.Namespace, settings: Settings | None) -> logs.Redactor:
+    level = args.log_level or (settings.config.log.level if settings else "info")
+    fmt = args.log_format or (settings.config.log.format if settings else "auto")
+    secrets: list[str] = []
+    if settings is not None:
+        secrets += [s.reveal() for s in settings.tokens.values()]
+        secrets += [s.reveal() for s in settings.webhook_tokens.values()]
+        password = urlsplit(settings.config.amqp.url).password
+        if password:
+            secrets.append(password)
+    return logs.setup(level, fmt, secrets)
+
+
+def _config_error(exc: ConfigError) -> int:
+    print(f"bridge: config error: {exc}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def run_with_aiorun(
+    main: Callable[[], Any], on_shutdown: Callable[[], Any], *, uvloop: bool = True
+) -> BaseException | None:
+    """Run `main()` under aiorun; SIGINT/SIGTERM call `on_shutdown()` before tasks are cancelled.
+
+    Returns the exception that ended `main()`, if any.
+    """
+    import aiorun
+
+    state: dict[str, Any] = {"stopping": False, "error": None}
+
+    async def root() -> None:
+        try:
+            await main()
+        except Exception as exc:
+            state["error"] = exc
+        finally:
+            if not state["stopping"]:
+                asyncio.get_running_loop().stop()
+
+    async def shutdown(_loop: asyncio.AbstractEventLoop) -> None:
+        state["stopping"] = True
+        await on_shutdown()
+
+    aiorun.run(root(), use_uvloop=uvloop, shutdown_callback=shutdown, timeout_task_shutdown=20)
+    error: BaseException | None = state["error"]
+    return error
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        settings = _settings(args)
+    except ConfigError as exc:
+        return _config_error(exc)
+    _setup_logging(args, settings)
+    from bridge.app import Service
+
+    service: Service | None = None
+
+    async def main() -> None:
+        nonlocal service
+        service = Service(settings)
+        await service.run()
+
+    async def on_shutdown() -> None:
+        if service is not None:
+            await service.shutdown()
+
+    error = run_with_aiorun(main, on_shutdown)
+    if isinstance(error, ConfigError):
+        logs.log_event(log, logging.ERROR, "service.config_error", detail=str(error))
+        return EXIT_CONFIG
+    if error is not None:
+        log.error("service.failed", exc_info=error)
+        return 1
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        settings = _settings(args)
+    except ConfigError as exc:
+        return _config_error(exc)
+    print(json.dumps(dump(settings), indent=2))
+    polls = sum(1 for s in settings.config.sources if s.mode == "poll")
+    hooks = len(settings.config.sources) - polls
+    print(f"config ok: {polls} polling and {hooks} webhook sources", file=sys.stderr)
+    return 0
+
+
+def cmd_fake_provider(args: argparse.Namespace) -> int:
+    instances: list[tuple[str, str]] = []
+    settings: Settings | None = None
+    if args.config is not None:
+        try:
+            settings = load(args.config)
+        except ConfigError as exc:
+            return _config_error(exc)
+        for source in settings.config.sources:
+            if source.mode == "poll":
+                instances.append((source.instance, settings.token(source).reveal()))
+    for item in args.instance:
+        ident, sep, token = item.partition(":")
+        if not sep or not ident.isdigit() or not token:
+            print(f"bridge: --instance wants ID:TOKEN, got {item!r}", file=sys.stderr)
+            return EXIT_CONFIG
+        instances.append((ident, token))
+    if not instances:
+        print("bridge: no instances: pass --config or --instance ID:TOKEN", file=sys.stderr)
+        return EXIT_CONFIG
+    _setup_logging(args, settings)
+    from bridge.fake.server import run_fake_provider
+
+    async def main() -> None:
+        await run_fake_provider(
+            args.listen,
+            instances,
+            seed_samples=args.seed_samples,
+            feed_interval=args.feed,
+            latency=args.latency,
+        )
+
+    async def on_shutdown() -> None:
+        return None
+
+    error = run_with_aiorun(main, on_shutdown)
+    if error is not None:
+        print(f"bridge: fake-provider failed: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_bench_poll(args: argparse.Namespace) -> int:
+    from bridge.bench.poll import run as run_bench
+
+    return run_bench(args)

@@ -1,0 +1,261 @@
+"""The frozen configuration: one TOML file, `BRIDGE_…` environment overrides, secrets resolved.
+
+This is the only module that reads the environment. `load()` fails fast with a `ConfigError`
+naming the key path (`sources[0].receive_timeout: …`) or the missing secret variable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import msgspec
+from msgspec import Meta, Struct
+
+from bridge.errors import ConfigError
+
+ENV_PREFIX = "BRIDGE_"
+Provider = Literal["greenapi", "evolution", "chatapi"]
+Mode = Literal["poll", "webhook"]
+PositiveFloat = Annotated[float, Meta(gt=0)]
+
+
+class Secret:
+    """A credential: its value never appears in `repr`, `str`, logs or tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+class AmqpConfig(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    exchange: str = "notifications"
+    unrouted_exchange: str = "notifications.unrouted"
+    invalid_exchange: str = "notifications.invalid"
+    confirm_timeout: PositiveFloat = 10.0
+    connect_timeout: PositiveFloat = 10.0
+    heartbeat: Annotated[int, Meta(ge=0, le=600)] = 30
+    dedup_size: Annotated[int, Meta(ge=0)] = 100_000
+
+
+class HttpConfig(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    listen: str = "0.0.0.0:8080"
+
+
+class PollConfig(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Retry policy and HTTP client for every polling source."""
+
+    backoff_initial: PositiveFloat = 0.5
+    backoff_max: PositiveFloat = 30.0
+    long_backoff: PositiveFloat = 300.0
+    timeout_margin: PositiveFloat = 10.0
+    max_connections: Annotated[int, Meta(ge=1)] = 2000
+    delete_attempts: Annotated[int, Meta(ge=1)] = 10
+
+
+class LogConfig(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "text"] = "auto"
+
+
+class Source(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    provider: Provider
+    mode: Mode
+    instance: str
+    api_url: str | None = None
+    token_env: str | None = None
+    token_file: str | None = None
+    receive_timeout: Annotated[int, Meta(ge=5, le=60)] = 20
+    webhook_token_env: str | None = None
+    webhook_token_file: str | None = None
+    webhook_header: str = "authorization"
+    routing_key: str = "{event}"
+    exchange: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.provider}:{self.instance}"
+
+
+class Config(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    amqp: AmqpConfig = AmqpConfig()
+    http: HttpConfig = HttpConfig()
+    poll: PollConfig = PollConfig()
+    log: LogConfig = LogConfig()
+    sources: tuple[Source, ...] = ()
+
+
+class Settings(Struct, frozen=True, kw_only=True):
+    """The validated config plus the secrets it names, resolved once."""
+
+    config: Config
+    tokens: Mapping[str, Secret]  # source name -> API token (polling)
+    webhook_tokens: Mapping[str, Secret]  # source name -> webhook token
+
+    def token(self, source: Source) -> Secret:
+        return self.tokens[source.name]
+
+
+_TEMPLATE_FIELDS = frozenset({"provider", "instance", "event"})
+
+
+def load(path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read the TOML file (if any), apply `BRIDGE_…` overrides, validate, resolve secrets."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {path}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    apply_env_overrides(raw, env)
+    try:
+        config = msgspec.convert(raw, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    _check(config)
+    return Settings(
+        config=config,
+        tokens=_resolve(config, env, "token"),
+        webhook_tokens=_resolve(config, env, "webhook_token"),
+    )
+
+
+def apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    """Apply `BRIDGE_…` variables: `BRIDGE_AMQP__URL` sets `amqp.url`,
+    `BRIDGE_SOURCES__0__API_URL` sets `sources[0].api_url`."""
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        if any(not p for p in parts):
+            raise ConfigError(f"{name}: empty key segment")
+        node: Any = raw
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"{name}: no list item {part!r}")
+                if last:
+                    node[int(part)] = env[name]
+                else:
+                    node = node[int(part)]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = env[name]
+                elif part not in node and parts[depth + 1].isdigit():
+                    raise ConfigError(f"{name}: no list {part!r} in the config file")
+                else:
+                    node = node.setdefault(part, {})
+            else:
+                raise ConfigError(f"{name}: {'.'.join(parts[:depth])} is not a table")
+
+
+def _describe(exc: msgspec.ValidationError) -> str:
+    message = str(exc)
+    text, _, where = message.rpartition(" - at `")
+    if not text:
+        return message
+    key = where.rstrip("`").removeprefix("$").lstrip(".") or "(top level)"
+    unknown = re.match(r"Object contains unknown field `(?P<f>[^`]+)`", text)
+    if unknown:
+        prefix = f"{key}." if key != "(top level)" else ""
+        return f"{prefix}{unknown['f']}: unknown key"
+    missing = re.match(r"Object missing required field `(?P<f>[^`]+)`", text)
+    if missing:
+        prefix = f"{key}." if key != "(top level)" else ""
+        return f"{prefix}{missing['f']}: required key missing"
+    return f"{key}: {text}"
+
+
+def _check(config: Config) -> None:
+    seen: set[str] = set()
+    for i, src in enumerate(config.sources):
+        at = f"sources[{i}]"
+        if src.name in seen:
+            raise ConfigError(f"{at}: duplicate source {src.name}")
+        seen.add(src.name)
+        if not src.instance.strip():
+            raise ConfigError(f"{at}.instance: must not be empty")
+        if src.mode == "poll":
+            if src.provider != "greenapi":
+                raise ConfigError(f"{at}.mode: 'poll' works only with provider 'greenapi'")
+            if not src.api_url:
+                raise ConfigError(f"{at}.api_url: required for mode 'poll'")
+            if urlsplit(src.api_url).scheme not in ("http", "https"):
+                raise ConfigError(f"{at}.api_url: must be an http(s) URL")
+            if not src.instance.isdigit():
+                raise ConfigError(f"{at}.instance: a GREEN-API idInstance is digits only")
+            if (src.token_env is None) == (src.token_file is None):
+                raise ConfigError(f"{at}: set exactly one of token_env or token_file")
+        fields = set(re.findall(r"{([^{}]*)}", src.routing_key))
+        if not fields <= _TEMPLATE_FIELDS:
+            bad = ", ".join(sorted(fields - _TEMPLATE_FIELDS))
+            raise ConfigError(f"{at}.routing_key: unknown placeholder {bad}")
+
+
+def _resolve(config: Config, env: Mapping[str, str], kind: str) -> dict[str, Secret]:
+    out: dict[str, Secret] = {}
+    for i, src in enumerate(config.sources):
+        env_name: str | None = getattr(src, f"{kind}_env")
+        file_name: str | None = getattr(src, f"{kind}_file")
+        if env_name is not None:
+            value = env.get(env_name, "")
+            if not value:
+                raise ConfigError(
+                    f"sources[{i}].{kind}_env: environment variable {env_name} is not set"
+                )
+        elif file_name is not None:
+            try:
+                value = Path(file_name).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"sources[{i}].{kind}_file: cannot read {file_name}: {exc.strerror}"
+                ) from None
+            if not value:
+                raise ConfigError(f"sources[{i}].{kind}_file: {file_name} is empty")
+        else:
+            continue
+        out[src.name] = Secret(value)
+    return out
+
+
+def mask_url(url: str) -> str:
+    """The AMQP URL with its password replaced, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def dump(settings: Settings) -> dict[str, Any]:
+    """The effective configuration as plain data, secrets masked (for `bridge check-config`)."""
+    data: dict[str, Any] = msgspec.to_builtins(settings.config)
+    data["amqp"]["url"] = mask_url(settings.config.amqp.url)
+    return data

@@ -1,0 +1,109 @@
+"""The AMQP message built from one notification (pure).
+
+Body: the provider's bytes unchanged. Properties and headers as DESIGN "The AMQP message" says.
+`message_id` is a digest of provider, instance and body bytes, so every redelivery of the same
+notification carries the same id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import NamedTuple
+
+from bridge import APP_ID
+from bridge.routing import Classified
+
+Headers = dict[str, str | int]
+
+
+class Outbound(NamedTuple):
+    """Everything the publisher needs; no I/O objects."""
+
+    exchange: str
+    routing_key: str
+    body: bytes
+    message_id: str
+    event: str
+    timestamp: int | None
+    headers: Headers
+
+
+def message_id(provider: str, instance: str, body: bytes) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(provider.encode())
+    digest.update(b"\x00")
+    digest.update(instance.encode())
+    digest.update(b"\x00")
+    digest.update(body)
+    return digest.hexdigest()
+
+
+def build(
+    *,
+    exchange: str,
+    routing_key: str,
+    provider: str,
+    instance: str,
+    ingest: str,
+    body: bytes,
+    classified: Classified,
+    received_at_ms: int,
+    receipt_id: int | None = None,
+) -> Outbound:
+    headers: Headers = {
+        "x-provider": provider,
+        "x-instance": instance,
+        "x-event": classified.event,
+        "x-ingest": ingest,
+        "x-received-at": received_at_ms,
+    }
+    if receipt_id is not None:
+        headers["x-receipt-id"] = receipt_id
+    if classified.chat_id:
+        headers["x-chat-id"] = classified.chat_id
+    if classified.message_key:
+        headers["x-message-key"] = classified.message_key
+    return Outbound(
+        exchange=exchange,
+        routing_key=routing_key,
+        body=body,
+        message_id=message_id(provider, instance, body),
+        event=classified.event,
+        timestamp=classified.timestamp,
+        headers=headers,
+    )
+
+
+def quarantine(
+    *,
+    exchange: str,
+    provider: str,
+    instance: str,
+    ingest: str,
+    body: bytes,
+    error: str,
+    received_at_ms: int,
+    receipt_id: int | None = None,
+) -> Outbound:
+    """A raw body that did not decode, for the invalid exchange, with `x-error`."""
+    headers: Headers = {
+        "x-provider": provider,
+        "x-instance": instance,
+        "x-ingest": ingest,
+        "x-received-at": received_at_ms,
+        "x-error": error[:1000],
+    }
+    if receipt_id is not None:
+        headers["x-receipt-id"] = receipt_id
+    return Outbound(
+        exchange=exchange,
+        routing_key="invalid",
+        body=body,
+        message_id=message_id(provider, instance, body),
+        event="invalid",
+        timestamp=None,
+        headers=headers,
+    )
+
+
+__all__ = ["APP_ID", "Headers", "Outbound", "build", "message_id", "quarantine"]

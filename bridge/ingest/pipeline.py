@@ -1,0 +1,119 @@
+"""From raw notification bytes to a confirmed AMQP message: shared by every ingest path.
+
+`prepare()` is pure apart from logging: classify, route, build — or, for a body that does not
+decode, build its quarantine message. `deliver()` publishes and waits for the confirm.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from bridge.amqp.publisher import Publisher
+from bridge.config import AmqpConfig, Source
+from bridge.envelope import Outbound, build, quarantine
+from bridge.errors import PayloadError
+from bridge.logs import log_event
+from bridge.metrics import PUBLISHED, QUARANTINED
+from bridge.providers import greenapi
+from bridge.routing import Classified, routing_key
+
+log = logging.getLogger("bridge.ingest")
+
+
+class Pipeline:
+    def __init__(self, amqp: AmqpConfig, publisher: Publisher) -> None:
+        self._amqp = amqp
+        self.publisher = publisher
+        self._unknown_seen: set[tuple[str, str]] = set()
+
+    def prepare(
+        self, source: Source, body: bytes, *, ingest: str, receipt_id: int | None = None
+    ) -> Outbound:
+        received_at_ms = int(time.time() * 1000)
+        try:
+            classified = self._classify(source, body)
+            key = routing_key(
+                source.routing_key,
+                provider=source.provider,
+                instance=source.instance,
+                event=classified.event,
+            )
+        except PayloadError as exc:
+            return self.quarantine(
+                source, body, str(exc), ingest=ingest, receipt_id=receipt_id,
+                received_at_ms=received_at_ms,
+            )  # fmt: skip
+        out = build(
+            exchange=source.exchange or self._amqp.exchange,
+            routing_key=key,
+            provider=source.provider,
+            instance=source.instance,
+            ingest=ingest,
+            body=body,
+            classified=classified,
+            received_at_ms=received_at_ms,
+            receipt_id=receipt_id,
+        )
+        if not classified.known:
+            self._note_unknown(source, classified.event)
+        log_event(
+            log, logging.DEBUG, "notification.received",
+            provider=source.provider, instance=source.instance, event=out.event,
+            message_id=out.message_id, ingest=ingest,
+        )  # fmt: skip
+        return out
+
+    def quarantine(
+        self,
+        source: Source,
+        body: bytes,
+        error: str,
+        *,
+        ingest: str,
+        receipt_id: int | None = None,
+        received_at_ms: int | None = None,
+    ) -> Outbound:
+        out = quarantine(
+            exchange=self._amqp.invalid_exchange,
+            provider=source.provider,
+            instance=source.instance,
+            ingest=ingest,
+            body=body,
+            error=error,
+            received_at_ms=received_at_ms or int(time.time() * 1000),
+            receipt_id=receipt_id,
+        )
+        QUARANTINED.labels(source.provider, source.instance).inc()
+        log_event(
+            log, logging.ERROR, "notification.quarantined",
+            provider=source.provider, instance=source.instance, message_id=out.message_id,
+            error=error, size=len(body), ingest=ingest,
+        )  # fmt: skip
+        return out
+
+    async def deliver(self, out: Outbound) -> bool:
+        """Publish and wait for the confirm; `PublishError` propagates. False = duplicate."""
+        provider = str(out.headers["x-provider"])
+        try:
+            fresh = await self.publisher.publish(out)
+        except Exception as exc:
+            PUBLISHED.labels(provider, out.event, type(exc).__name__).inc()
+            raise
+        PUBLISHED.labels(provider, out.event, "confirmed" if fresh else "duplicate").inc()
+        return fresh
+
+    def _classify(self, source: Source, body: bytes) -> Classified:
+        if source.provider == "greenapi":
+            return greenapi.classify(body, source.instance)
+        raise PayloadError(f"no decoder for provider {source.provider}")
+
+    def _note_unknown(self, source: Source, event: str) -> None:
+        key = (source.provider, event)
+        if key in self._unknown_seen:
+            return
+        self._unknown_seen.add(key)
+        log_event(
+            log, logging.WARNING, "notification.unknown_event",
+            provider=source.provider, instance=source.instance, event=event[:200],
+        )  # fmt: skip

@@ -1,0 +1,298 @@
+"""GREEN-API HTTP-API polling: one loop per source, at most one notification in flight.
+
+    receiveNotification (long poll) → decode → publish (confirm) → deleteNotification
+
+The provider is acknowledged (`deleteNotification`) only after `basic.ack`. A failed publish
+leaves the notification at the head of the provider queue; it comes back on the next receive
+and is published again with the same `message_id`. httpx errors are mapped to the bridge's
+error tree here; every class maps to one action: back off, long back-off, or stop the source.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import NamedTuple
+
+import httpx
+
+from bridge.config import PollConfig, Secret, Source
+from bridge.errors import (
+    PermanentProviderError,
+    ProviderError,
+    PublishError,
+    SuspendedProviderError,
+    TransientProviderError,
+)
+from bridge.ingest.pipeline import Pipeline
+from bridge.logs import log_event
+from bridge.metrics import ACKNOWLEDGED, POLL_ERRORS, RECEIVED, SOURCE_UP
+from bridge.providers.greenapi import (
+    MalformedResponse,
+    decode_deleted,
+    decode_received,
+    error_for_status,
+)
+from bridge.retry import Backoff, sleep_unless
+
+log = logging.getLogger("bridge.poller")
+
+
+class Head(NamedTuple):
+    """The notification at the head of the provider queue, as received."""
+
+    receipt_id: int
+    body: bytes | None  # None: the answer named a receipt but carried no usable body
+    answer: bytes
+
+
+def build_client(poll: PollConfig) -> httpx.AsyncClient:
+    """The one HTTP connection pool shared by every polling source."""
+    limits = httpx.Limits(
+        max_connections=poll.max_connections,
+        max_keepalive_connections=poll.max_connections,
+        keepalive_expiry=30,
+    )
+    return httpx.AsyncClient(
+        limits=limits,
+        timeout=httpx.Timeout(10.0, pool=None),
+        headers={"User-Agent": "bridge"},
+        follow_redirects=False,
+        trust_env=False,
+    )
+
+
+class Poller:
+    def __init__(
+        self,
+        source: Source,
+        token: Secret,
+        *,
+        client: httpx.AsyncClient,
+        pipeline: Pipeline,
+        poll: PollConfig,
+    ) -> None:
+        self.source = source
+        self._client = client
+        self._pipeline = pipeline
+        self._poll = poll
+        base = f"{(source.api_url or '').rstrip('/')}/waInstance{source.instance}"
+        secret = token.reveal()
+        self._receive_url = (
+            f"{base}/receiveNotification/{secret}?receiveTimeout={source.receive_timeout}"
+        )
+        self._delete_base = f"{base}/deleteNotification/{secret}/"
+        self._receive_timeout = httpx.Timeout(
+            10.0, read=source.receive_timeout + poll.timeout_margin, pool=None
+        )
+        self._backoff = Backoff(initial=poll.backoff_initial, maximum=poll.backoff_max)
+        self._stop = asyncio.Event()
+        self._receiving: asyncio.Future[Head | None] | None = None
+        self._received = RECEIVED.labels(source.provider, source.instance, "poll")
+        self._deleted = ACKNOWLEDGED.labels(source.provider, source.instance, "deleted")
+        self._stale = ACKNOWLEDGED.labels(source.provider, source.instance, "already_gone")
+        self.stopped_reason: str | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Finish the notification in hand, abandon a pending long poll, then return."""
+        self._stop.set()
+        if self._receiving is not None:
+            self._receiving.cancel()
+
+    async def run(self) -> None:
+        SOURCE_UP.labels(self.source.provider, self.source.instance).set(1)
+        log_event(log, logging.INFO, "source.started", **self._fields())
+        failures = 0
+        try:
+            while not self._stop.is_set():
+                if not self._pipeline.publisher.is_ready() and not await self._wait_broker():
+                    break
+                try:
+                    received = await self._receive_once()
+                except asyncio.CancelledError:
+                    if self._stop.is_set():
+                        break
+                    raise
+                except PermanentProviderError as exc:
+                    self._stop_loudly(exc, "receive")
+                    return
+                except SuspendedProviderError as exc:
+                    self._count_error("receive", exc)
+                    self._log_failure("receive", exc, self._poll.long_backoff)
+                    await sleep_unless(self._stop, self._poll.long_backoff)
+                    continue
+                except TransientProviderError as exc:
+                    delay = self._backoff.delay(failures)
+                    failures += 1
+                    self._count_error("receive", exc)
+                    self._log_failure("receive", exc, delay)
+                    await sleep_unless(self._stop, delay)
+                    continue
+                failures = 0
+                if received is not None:
+                    await self._handle(received)
+        finally:
+            if self.stopped_reason is None:
+                log_event(log, logging.INFO, "source.stopped", **self._fields())
+
+    async def _wait_broker(self) -> bool:
+        """Pause (without receiving) until the broker is ready; False if stopped meanwhile."""
+        waiter = asyncio.ensure_future(self._pipeline.publisher.wait_ready())
+        stopper = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            stopper.cancel()
+        return not self._stop.is_set()
+
+    # -- one notification ----------------------------------------------------------------
+
+    async def _receive_once(self) -> Head | None:
+        self._receiving = asyncio.ensure_future(self._receive())
+        try:
+            return await self._receiving
+        finally:
+            self._receiving = None
+
+    async def _receive(self) -> Head | None:
+        try:
+            response = await self._client.get(self._receive_url, timeout=self._receive_timeout)
+        except httpx.TimeoutException:
+            raise TransientProviderError("receive timed out", error_class="timeout") from None
+        except httpx.HTTPError as exc:
+            raise _network_error(exc) from None
+        body = response.content
+        if response.status_code != 200:
+            raise error_for_status(response.status_code, body)
+        try:
+            received = decode_received(body)
+        except MalformedResponse as exc:
+            if exc.receipt_id is None:
+                log_event(
+                    log, logging.ERROR, "poll.malformed_answer",
+                    **self._fields(), detail=str(exc)[:300], size=len(body),
+                )  # fmt: skip
+                raise TransientProviderError(str(exc), error_class="malformed") from None
+            # The answer names a receipt but its body is unusable: quarantine the whole answer.
+            return Head(exc.receipt_id, None, body)
+        if received is None:
+            return None
+        if not len(received.body):
+            return Head(received.receiptId, None, body)
+        return Head(received.receiptId, bytes(received.body), body)
+
+    async def _handle(self, head: Head) -> None:
+        self._received.inc()
+        receipt = head.receipt_id
+        if head.body is None:
+            error = "receiveNotification answer without a usable body"
+            out = self._pipeline.quarantine(
+                self.source, head.answer, error, ingest="poll", receipt_id=receipt
+            )
+        else:
+            out = self._pipeline.prepare(self.source, head.body, ingest="poll", receipt_id=receipt)
+        try:
+            await self._pipeline.deliver(out)
+        except PublishError as exc:
+            log_event(
+                log, logging.WARNING, "publish.failed",
+                **self._fields(), message_id=out.message_id, error=type(exc).__name__,
+                detail=str(exc)[:200],
+            )  # fmt: skip
+            # Not deleted: the same notification returns on the next receive.
+            await sleep_unless(self._stop, self._backoff.delay(0))
+            return
+        try:
+            await self._delete(receipt)
+        except PermanentProviderError as exc:
+            self._stop_loudly(exc, "delete")
+        except ProviderError as exc:
+            delay = (
+                self._poll.long_backoff
+                if isinstance(exc, SuspendedProviderError)
+                else self._backoff.delay(1)
+            )
+            self._log_failure("delete", exc, delay)
+            await sleep_unless(self._stop, delay)
+        else:
+            log_event(
+                log, logging.DEBUG, "notification.acknowledged",
+                **self._fields(), event=out.event, message_id=out.message_id, receipt_id=receipt,
+            )  # fmt: skip
+
+    async def _delete(self, receipt: int) -> None:
+        """`deleteNotification`, retried on ≥ 500, 429, network errors and unreadable answers."""
+        url = f"{self._delete_base}{receipt}"
+        last: ProviderError | None = None
+        for attempt in range(self._poll.delete_attempts):
+            if attempt and await sleep_unless(self._stop, self._backoff.delay(attempt - 1)):
+                break
+            try:
+                response = await self._client.delete(url)
+            except httpx.HTTPError as exc:
+                last = _network_error(exc)
+                self._count_error("delete", last)
+                continue
+            if response.status_code != 200:
+                last = error_for_status(response.status_code, response.content)
+                self._count_error("delete", last)
+                if not isinstance(last, TransientProviderError):
+                    raise last
+                continue
+            try:
+                result = decode_deleted(response.content)
+            except MalformedResponse as exc:
+                last = TransientProviderError(str(exc), error_class="malformed")
+                self._count_error("delete", last)
+                continue
+            if result.result:
+                self._deleted.inc()
+            else:
+                self._stale.inc()
+                log_event(
+                    log, logging.INFO, "delete.already_gone",
+                    **self._fields(), receipt_id=receipt, reason=result.reason or "",
+                )  # fmt: skip
+            return
+        raise last or TransientProviderError("delete abandoned", error_class="stopped")
+
+    # -- reporting -----------------------------------------------------------------------
+
+    def _fields(self) -> dict[str, str]:
+        return {"provider": self.source.provider, "instance": self.source.instance}
+
+    def _count_error(self, method: str, exc: ProviderError) -> None:
+        POLL_ERRORS.labels(
+            self.source.provider, self.source.instance, method, exc.error_class
+        ).inc()
+
+    def _log_failure(self, method: str, exc: ProviderError, delay: float) -> None:
+        log_event(
+            log, logging.WARNING, f"{method}.failed",
+            **self._fields(), error_class=exc.error_class, detail=str(exc)[:300],
+            retry_in=round(delay, 2),
+        )  # fmt: skip
+
+    def _stop_loudly(self, exc: ProviderError, method: str) -> None:
+        self._count_error(method, exc)
+        self.stopped_reason = exc.error_class
+        SOURCE_UP.labels(self.source.provider, self.source.instance).set(0)
+        log_event(
+            log, logging.ERROR, "source.stopped",
+            **self._fields(), method=method, error_class=exc.error_class, detail=str(exc)[:300],
+            hint="fix the credentials or instance and restart the bridge",
+        )  # fmt: skip
+
+
+def _network_error(exc: httpx.HTTPError) -> TransientProviderError:
+    # httpx messages can embed the request URL, and so the token: keep only the class name.
+    name = type(exc).__name__
+    return TransientProviderError(f"network error: {name}", error_class=_snake(name))
+
+
+def _snake(name: str) -> str:
+    out = [f"_{c.lower()}" if c.isupper() else c for c in name]
+    return "".join(out).lstrip("_")

@@ -1,0 +1,123 @@
+"""Logging: one `bridge` root, stable event names with fields, JSON or text, tokens redacted.
+
+Configured only by the CLI (`setup()`). Code logs with `log_event(logger, level, "poll.failed",
+instance=…, error=…)`; the formatter renders `event key=value …` on a terminal and one JSON
+object per line otherwise. `Redactor` removes every configured secret and every GREEN-API
+token-bearing URL path from messages, fields and tracebacks before anything is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+
+FIELDS_ATTR = "bridge_fields"
+_TOKEN_PATH = re.compile(r"(/waInstance[^/\s]*/[A-Za-z]+/)[^/?\s\"']+")
+_json = msgspec.json.Encoder()
+
+
+def log_event(logger: logging.Logger, level: int, event: str, /, **fields: Any) -> None:
+    if logger.isEnabledFor(level):
+        logger.log(level, event, extra={FIELDS_ATTR: fields}, stacklevel=2)
+
+
+def redact_url(text: str) -> str:
+    """Hide the token segment of GREEN-API URLs: `/waInstance1/receiveNotification/***`."""
+    return _TOKEN_PATH.sub(r"\1***", text)
+
+
+class Redactor(logging.Filter):
+    """Scrubs secrets from a record's message, fields and exception text."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self._secrets: list[str] = []
+        self.add(secrets)
+
+    def add(self, secrets: Iterable[str]) -> None:
+        new = {s for s in secrets if len(s) >= 4}
+        self._secrets = sorted(set(self._secrets) | new, key=len, reverse=True)
+
+    def scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, "***")
+        return redact_url(text)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = self.scrub(record.getMessage())
+        record.args = None
+        fields = getattr(record, FIELDS_ATTR, None)
+        if fields:
+            setattr(
+                record,
+                FIELDS_ATTR,
+                {k: self.scrub(v) if isinstance(v, str) else v for k, v in fields.items()},
+            )
+        if record.exc_info:
+            formatter = logging.Formatter()
+            record.exc_text = self.scrub(formatter.formatException(record.exc_info))
+            record.exc_info = None
+        if record.stack_info:
+            record.stack_info = self.scrub(record.stack_info)
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "ts": _iso(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        data.update(getattr(record, FIELDS_ATTR, None) or {})
+        if record.exc_text:
+            data["exception"] = record.exc_text
+        return _json.encode(data).decode()
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, FIELDS_ATTR, None) or {}
+        parts = [_iso(record.created), f"{record.levelname:<7}", record.getMessage()]
+        parts.extend(f"{k}={_text(v)}" for k, v in fields.items())
+        line = " ".join(parts)
+        if record.exc_text:
+            line += "\n" + record.exc_text
+        return line
+
+
+def _iso(created: float) -> str:
+    return (
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+        + f".{int(created % 1 * 1000):03d}Z"
+    )
+
+
+def _text(value: object) -> str:
+    text = str(value)
+    return repr(text) if (" " in text or not text) else text
+
+
+def setup(level: str = "info", fmt: str = "auto", secrets: Iterable[str] = ()) -> Redactor:
+    """Install one stderr handler on the root logger; return its redactor for more secrets."""
+    if fmt == "auto":
+        fmt = "text" if sys.stderr.isatty() else "json"
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    redactor = Redactor(secrets)
+    handler.addFilter(redactor)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("bridge").setLevel(level.upper())
+    return redactor

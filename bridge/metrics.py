@@ -1,0 +1,56 @@
+"""Prometheus metrics. Labels carry provider, instance, event and outcome — never a token."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+RECEIVED = Counter(
+    "bridge_received",
+    "Notifications taken from a provider (polled or pushed)",
+    ["provider", "instance", "ingest"],
+    registry=REGISTRY,
+)
+PUBLISHED = Counter(
+    "bridge_published",
+    "Publish attempts by outcome (confirmed, duplicate, nacked, returned, timeout, unavailable)",
+    ["provider", "event", "outcome"],
+    registry=REGISTRY,
+)
+QUARANTINED = Counter(
+    "bridge_quarantined",
+    "Bodies published raw to the invalid exchange",
+    ["provider", "instance"],
+    registry=REGISTRY,
+)
+ACKNOWLEDGED = Counter(
+    "bridge_acknowledged",
+    "Notifications acknowledged to the provider (deleteNotification or HTTP 200), by outcome",
+    ["provider", "instance", "outcome"],
+    registry=REGISTRY,
+)
+POLL_ERRORS = Counter(
+    "bridge_poll_errors",
+    "Failed provider calls while polling, by error class",
+    ["provider", "instance", "method", "error_class"],
+    registry=REGISTRY,
+)
+CONFIRM_LATENCY = Histogram(
+    "bridge_confirm_latency_seconds",
+    "Time from publish to broker confirm",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+IN_FLIGHT = Gauge(
+    "bridge_publish_in_flight", "Publishes awaiting a broker confirm", registry=REGISTRY
+)
+BROKER_UP = Gauge(
+    "bridge_broker_ready", "1 while connected to RabbitMQ with topology declared", registry=REGISTRY
+)
+SOURCE_UP = Gauge(
+    "bridge_source_running",
+    "1 while a polling source runs, 0 once it stopped on a permanent error",
+    ["provider", "instance"],
+    registry=REGISTRY,
+)

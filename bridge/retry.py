@@ -1,0 +1,47 @@
+"""The one retry policy: exponential back-off with full jitter, capped; off in tests.
+
+A policy is a value (`Backoff`); loops own their attempt counters. Tests call
+`set_testing(True)` to make every delay zero, as stamina's `set_testing` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass
+
+_testing = False
+
+
+def set_testing(on: bool) -> None:
+    global _testing  # noqa: PLW0603 - one process-wide switch, like stamina's
+    _testing = on
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    initial: float = 0.5
+    maximum: float = 30.0
+    multiplier: float = 2.0
+    jitter: float = 0.5  # fraction of the delay that is randomised
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before retry number `attempt` (0-based)."""
+        if _testing:
+            return 0.0
+        base = min(self.maximum, self.initial * self.multiplier ** min(attempt, 32))
+        return base * (1 - self.jitter) + random.uniform(0, base * self.jitter)
+
+
+async def sleep_unless(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep up to `seconds`; return True at once if `stop` is set meanwhile."""
+    if stop.is_set():
+        return True
+    if seconds <= 0:
+        await asyncio.sleep(0)
+        return stop.is_set()
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        return False
+    return True

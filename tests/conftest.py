@@ -1,0 +1,33 @@
+"""Shared fixtures: sample payloads, the shared RabbitMQ, retry delays off."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bridge import retry
+
+SAMPLES = Path(__file__).parent / "fixtures" / "samples"
+AMQP_URL = os.environ.get("BRIDGE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+def greenapi_samples() -> list[tuple[str, bytes]]:
+    """(file name, exact notification bytes) for every GREEN-API notification sample."""
+    out: list[tuple[str, bytes]] = []
+    for path in sorted((SAMPLES / "greenapi").glob("*.json")):
+        data = path.read_bytes()
+        obj = json.loads(data)
+        if "typeWebhook" in obj:
+            out.append((path.name, data.rstrip()))
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _fast_retries() -> Iterator[None]:
+    retry.set_testing(True)
+    yield
+    retry.set_testing(False)
