@@ -13,7 +13,7 @@ import re
 import sys
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TextIO
 
 import msgspec
 
@@ -106,11 +106,17 @@ def _text(value: object) -> str:
     return repr(text) if (" " in text or not text) else text
 
 
-def setup(level: str = "info", fmt: str = "auto", secrets: Iterable[str] = ()) -> Redactor:
-    """Install one stderr handler on the root logger; return its redactor for more secrets."""
+def setup(
+    level: str = "info",
+    fmt: str = "auto",
+    secrets: Iterable[str] = (),
+    stream: TextIO | None = None,
+) -> Redactor:
+    """Install one handler (stderr) on the root logger; return its redactor."""
+    stream = stream or sys.stderr
     if fmt == "auto":
-        fmt = "text" if sys.stderr.isatty() else "json"
-    handler = logging.StreamHandler(sys.stderr)
+        fmt = "text" if stream.isatty() else "json"
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     redactor = Redactor(secrets)
     handler.addFilter(redactor)
@@ -120,4 +126,7 @@ def setup(level: str = "info", fmt: str = "auto", secrets: Iterable[str] = ()) -
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
     logging.getLogger("bridge").setLevel(level.upper())
+    # httpx logs every request URL at INFO, and GREEN-API URLs carry the token.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     return redactor

@@ -1,1 +1,206 @@
-"""Placeholder replaced below."""
+"""`bridge bench poll`: polling throughput against the GREEN-API protocol limit.
+
+Setup: N instances on fake-provider processes (each call delayed by the injected latency),
+M unique notifications each, one `bridge run` process polling them into RabbitMQ. The clock
+starts when the notifications are enqueued (the bridge is already long-polling empty queues)
+and stops when every provider queue is empty.
+
+Protocol limit: every notification needs a receive and then a delete, strictly in sequence per
+instance, so one instance moves at most 1 / (2 * latency) notifications/s and N instances
+N / (2 * latency). The figure to look at is the ratio of the measured rate to that limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import httpx
+
+from bridge.bench.common import (
+    Progress,
+    peak_rss_mb,
+    spawn,
+    stop_process,
+    wait_http,
+)
+from bridge.fake.samples import numbered_notifications
+
+DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--instances", type=int, default=200, help="default %(default)s")
+    parser.add_argument("--per-instance", type=int, default=50, help="default %(default)s")
+    parser.add_argument(
+        "--latency", type=float, default=0.02, help="seconds per provider call (%(default)s)"
+    )
+    parser.add_argument(
+        "--fake-processes", type=int, default=2, help="fake provider processes (%(default)s)"
+    )
+    parser.add_argument("--amqp-url", default=DEFAULT_AMQP)
+    parser.add_argument("--port", type=int, default=18100, help="first fake provider port")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    result = asyncio.run(bench(args))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(report(result))
+    return 0
+
+
+def report(r: dict[str, Any]) -> str:
+    return "\n".join(
+        [
+            "bridge bench poll",
+            f"  instances            {r['instances']}",
+            f"  notifications        {r['notifications']} ({r['per_instance']} per instance)",
+            f"  provider latency     {r['latency'] * 1000:.0f} ms per call",
+            f"  elapsed              {r['elapsed']:.2f} s",
+            f"  throughput           {r['rate']:.0f} notifications/s",
+            f"  protocol limit       {r['limit']:.0f} notifications/s",
+            f"  ratio                {r['ratio']:.2f}",
+            f"  bridge peak RSS      {r['rss_mb']:.0f} MB",
+        ]
+    )
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    n, m = args.instances, args.per_instance
+    ids = [str(7100000000 + i) for i in range(n)]
+    tokens = {i: secrets.token_hex(16) for i in ids}
+    groups = [ids[k :: args.fake_processes] for k in range(args.fake_processes)]
+    ports = [args.port + k for k in range(args.fake_processes)]
+    prefix = f"bench{secrets.token_hex(4)}"
+    workdir = Path(tempfile.mkdtemp(prefix="bridge-bench-"))
+    fakes = []
+    bridge = None
+    progress = Progress("poll bench")
+    try:
+        for port, group in zip(ports, groups, strict=True):
+            argv = [
+                "fake-provider",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--latency",
+                str(args.latency),
+            ]
+            for ident in group:
+                argv += ["--instance", f"{ident}:{tokens[ident]}"]
+            fakes.append(await spawn(argv, workdir / f"fake-{port}.log"))
+        async with httpx.AsyncClient(timeout=30) as client:
+            for port in ports:
+                await wait_http(client, f"http://127.0.0.1:{port}/_control/stats")
+            config, env = _config(args, prefix, groups, ports, tokens)
+            path = workdir / "bridge.toml"
+            path.write_text(config)
+            bridge = await spawn(
+                ["run", "--config", str(path), "--log-level", "warning"],
+                workdir / "bridge.log",
+                env=env,
+            )
+            await asyncio.sleep(2.0)  # connected, every source long-polling an empty queue
+            if bridge.returncode is not None:
+                raise SystemExit(f"bridge exited early, see {workdir / 'bridge.log'}")
+            bodies = numbered_notifications(n * m, prefix="BENCH")
+            started = time.perf_counter()
+            for port, group in zip(ports, groups, strict=True):
+                for ident in group:
+                    chunk = [bodies.pop() for _ in range(m)]
+                    payload = b"[" + b",".join(chunk) + b"]"
+                    response = await client.post(
+                        f"http://127.0.0.1:{port}/_control/instances/{ident}/notifications",
+                        content=payload,
+                    )
+                    response.raise_for_status()
+            total = n * m
+            while True:
+                deleted = 0
+                for port in ports:
+                    stats = (await client.get(f"http://127.0.0.1:{port}/_control/stats")).json()
+                    deleted += stats["totals"]["deleted"]
+                progress.update(deleted, total)
+                if deleted >= total:
+                    break
+                if bridge.returncode is not None:
+                    raise SystemExit(f"bridge exited, see {workdir / 'bridge.log'}")
+                await asyncio.sleep(0.05)
+            elapsed = time.perf_counter() - started
+            progress.done()
+            rss = peak_rss_mb(bridge.pid)
+    finally:
+        if bridge is not None:
+            await stop_process(bridge)
+        for proc in fakes:
+            await stop_process(proc)
+        await _cleanup(args.amqp_url, prefix)
+    limit = n / (2 * args.latency)
+    rate = total / elapsed
+    return {
+        "instances": n,
+        "per_instance": m,
+        "notifications": total,
+        "latency": args.latency,
+        "elapsed": elapsed,
+        "rate": rate,
+        "limit": limit,
+        "ratio": rate / limit,
+        "rss_mb": rss,
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+    }
+
+
+def _config(
+    args: argparse.Namespace,
+    prefix: str,
+    groups: list[list[str]],
+    ports: list[int],
+    tokens: dict[str, str],
+) -> tuple[str, dict[str, str]]:
+    lines = [
+        "[amqp]",
+        f'url = "{args.amqp_url}"',
+        f'exchange = "{prefix}.notifications"',
+        f'unrouted_exchange = "{prefix}.unrouted"',
+        f'invalid_exchange = "{prefix}.invalid"',
+    ]
+    env: dict[str, str] = {}
+    for port, group in zip(ports, groups, strict=True):
+        for ident in group:
+            lines += [
+                "[[sources]]",
+                'provider = "greenapi"',
+                'mode = "poll"',
+                f'instance = "{ident}"',
+                f'api_url = "http://127.0.0.1:{port}"',
+                f'token_env = "BENCH_TOKEN_{ident}"',
+                "receive_timeout = 5",
+            ]
+            env[f"BENCH_TOKEN_{ident}"] = tokens[ident]
+    return "\n".join(lines) + "\n", env
+
+
+async def _cleanup(amqp_url: str, prefix: str) -> None:
+    try:
+        connection = await aio_pika.connect(amqp_url)
+    except Exception:
+        return
+    async with connection:
+        channel = await connection.channel()
+        for queue in (f"{prefix}.unrouted", f"{prefix}.invalid"):
+            await channel.queue_delete(queue)
+        for exchange in (f"{prefix}.notifications", f"{prefix}.unrouted", f"{prefix}.invalid"):
+            await channel.exchange_delete(exchange)

@@ -92,6 +92,7 @@ class Poller:
         self._deleted = ACKNOWLEDGED.labels(source.provider, source.instance, "deleted")
         self._stale = ACKNOWLEDGED.labels(source.provider, source.instance, "already_gone")
         self.stopped_reason: str | None = None
+        self.last_error: ProviderError | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -265,6 +266,7 @@ class Poller:
         return {"provider": self.source.provider, "instance": self.source.instance}
 
     def _count_error(self, method: str, exc: ProviderError) -> None:
+        self.last_error = exc
         POLL_ERRORS.labels(
             self.source.provider, self.source.instance, method, exc.error_class
         ).inc()

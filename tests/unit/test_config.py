@@ -34,7 +34,10 @@ def test_defaults_without_file() -> None:
 
 def test_design_example_loads(tmp_path: Path) -> None:
     text = (Path(__file__).parents[2] / "bridge.toml").read_text()
-    settings = load(write(tmp_path, text), {"GREENAPI_TOKEN_1101000001": "t" * 20, "GREENAPI_TOKEN_1101000002": "u" * 20})
+    settings = load(
+        write(tmp_path, text),
+        {"GREENAPI_TOKEN_1101000001": "t" * 20, "GREENAPI_TOKEN_1101000002": "u" * 20},
+    )
     assert settings.config.sources
 
 
@@ -74,18 +77,46 @@ def test_env_overrides(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "env", "message"),
     [
-        (POLL.replace("receive_timeout = 20", "receive_timeout = 61"), ENV, r"sources\[0\]\.receive_timeout"),
-        (POLL.replace("receive_timeout = 20", "receive_timeout = 4"), ENV, r"sources\[0\]\.receive_timeout"),
+        (
+            POLL.replace("receive_timeout = 20", "receive_timeout = 61"),
+            ENV,
+            r"sources\[0\]\.receive_timeout",
+        ),
+        (
+            POLL.replace("receive_timeout = 20", "receive_timeout = 4"),
+            ENV,
+            r"sources\[0\]\.receive_timeout",
+        ),
         (POLL.replace('mode = "poll"', 'mode = "push"'), ENV, r"sources\[0\]\.mode"),
         (POLL + "\ncolour = 1\n", ENV, r"sources\[0\]\.colour: unknown key"),
         ("[amqp]\nexchnage = 'x'\n", {}, r"amqp\.exchnage: unknown key"),
         ("[amqp]\nconfirm_timeout = -1\n", {}, r"amqp\.confirm_timeout"),
         (POLL, {}, r"sources\[0\]\.token_env: environment variable TOKEN_1 is not set"),
-        (POLL.replace('api_url = "https://1101.api.greenapi.com"\n', ""), ENV, r"sources\[0\]\.api_url"),
-        (POLL.replace('api_url = "https://1101', 'api_url = "ftp://1101'), ENV, r"sources\[0\]\.api_url"),
-        (POLL.replace('instance = "1101000001"', 'instance = "abc"'), ENV, r"sources\[0\]\.instance"),
-        (POLL.replace('instance = "1101000001"', "instance = 1101000001"), ENV, r"sources\[0\]\.instance"),
-        (POLL.replace('provider = "greenapi"', 'provider = "evolution"'), ENV, r"sources\[0\]\.mode"),
+        (
+            POLL.replace('api_url = "https://1101.api.greenapi.com"\n', ""),
+            ENV,
+            r"sources\[0\]\.api_url",
+        ),
+        (
+            POLL.replace('api_url = "https://1101', 'api_url = "ftp://1101'),
+            ENV,
+            r"sources\[0\]\.api_url",
+        ),
+        (
+            POLL.replace('instance = "1101000001"', 'instance = "abc"'),
+            ENV,
+            r"sources\[0\]\.instance",
+        ),
+        (
+            POLL.replace('instance = "1101000001"', "instance = 1101000001"),
+            ENV,
+            r"sources\[0\]\.instance",
+        ),
+        (
+            POLL.replace('provider = "greenapi"', 'provider = "evolution"'),
+            ENV,
+            r"sources\[0\]\.mode",
+        ),
         (POLL + POLL, ENV, r"sources\[1\]: duplicate source"),
         (POLL + 'routing_key = "{event}.{nope}"\n', ENV, r"sources\[0\]\.routing_key"),
         (POLL.replace('token_env = "TOKEN_1"', ""), ENV, r"token_env or token_file"),
@@ -93,7 +124,9 @@ def test_env_overrides(tmp_path: Path) -> None:
         ("not toml [", {}, "invalid TOML"),
     ],
 )
-def test_invalid_config_names_the_key(tmp_path: Path, text: str, env: dict[str, str], message: str) -> None:
+def test_invalid_config_names_the_key(
+    tmp_path: Path, text: str, env: dict[str, str], message: str
+) -> None:
     with pytest.raises(ConfigError, match=message):
         load(write(tmp_path, text), env)
 

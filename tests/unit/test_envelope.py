@@ -67,7 +67,9 @@ def test_quarantine_carries_error() -> None:
     ],
 )
 def test_routing_key_templates(template: str, expected: str) -> None:
-    assert routing_key(template, provider="greenapi", instance="11", event="incomingCall") == expected
+    assert (
+        routing_key(template, provider="greenapi", instance="11", event="incomingCall") == expected
+    )
 
 
 def test_routing_key_does_not_expand_event_content() -> None:
@@ -83,7 +85,10 @@ def test_overlong_routing_key_is_payload_error() -> None:
 def test_redaction() -> None:
     url = "https://1101.api.greenapi.com/waInstance1101/receiveNotification/abcdef123?receiveTimeout=5"
     assert "abcdef123" not in redact_url(url)
-    assert redact_url("/waInstance1/deleteNotification/tok/55") == "/waInstance1/deleteNotification/***/55"
+    assert (
+        redact_url("/waInstance1/deleteNotification/tok/55")
+        == "/waInstance1/deleteNotification/***/55"
+    )
     redactor = Redactor(["topsecret"])
     record = logging.LogRecord("bridge", logging.ERROR, __file__, 1, "x %s", ("topsecret",), None)
     record.bridge_fields = {"detail": "the topsecret leaked"}

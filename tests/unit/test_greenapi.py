@@ -16,7 +16,7 @@ SAMPLE_EVENTS = {name: body for name, body in greenapi_samples()}
 
 @pytest.mark.parametrize("name", sorted(SAMPLE_EVENTS))
 def test_every_sample_classifies_to_its_type_webhook(name: str) -> None:
-    expected = name.split("-")[0].removesuffix(".json")
+    expected = name.split("-", maxsplit=1)[0].removesuffix(".json")
     got = greenapi.classify(SAMPLE_EVENTS[name], "1101000001")
     assert got.event == expected
     assert got.known
@@ -97,7 +97,10 @@ def test_malformed_receive_answers(answer: bytes, receipt: int | None) -> None:
 
 
 def test_delete_answers() -> None:
-    for name in ("deleteNotification-response.json", "deleteNotification-response-with-reason.json"):
+    for name in (
+        "deleteNotification-response.json",
+        "deleteNotification-response-with-reason.json",
+    ):
         got = greenapi.decode_deleted((SAMPLES / "greenapi" / name).read_bytes())
         assert got.result is True
     assert greenapi.decode_deleted(b'{"result": false}').result is False
@@ -108,7 +111,12 @@ def test_delete_answers() -> None:
 @pytest.mark.parametrize(
     ("status", "body", "kind", "error_class"),
     [
-        (400, b'{"message":"instance in starting process try later"}', TransientProviderError, "instance_starting"),
+        (
+            400,
+            b'{"message":"instance in starting process try later"}',
+            TransientProviderError,
+            "instance_starting",
+        ),
         (400, b"instance account not authorized", SuspendedProviderError, "not_authorized"),
         (400, b"Instance account is expired. Renew", PermanentProviderError, "instance_expired"),
         (400, b"Instance is deleted", PermanentProviderError, "instance_deleted"),

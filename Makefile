@@ -1,0 +1,55 @@
+# One task runner: the README, .ci/run and developers use these targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test lint typecheck unit component integration bench broker management clean
+
+$(UV):
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet uv
+
+$(BIN)/bridge: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --python $(PYTHON)
+	@touch $@
+
+## make run: the fake provider feeding the local RabbitMQ through the bridge
+run: $(BIN)/bridge broker management
+	scripts/run-demo.sh
+
+broker:
+	@scripts/ensure-broker.sh
+
+management:
+	@if command -v rabbitmq-plugins >/dev/null 2>&1; then \
+	  rabbitmq-plugins enable --quiet rabbitmq_management rabbitmq_consistent_hash_exchange >/dev/null 2>&1 \
+	    && echo "broker: management UI on http://127.0.0.1:15672 (guest/guest)" || true; fi
+
+## make test: lint, types, and every test tier against the real RabbitMQ
+test: $(BIN)/bridge broker lint typecheck
+	$(BIN)/pytest
+
+lint: $(BIN)/bridge
+	$(BIN)/ruff check bridge tests
+	$(BIN)/ruff format --check bridge tests
+
+typecheck: $(BIN)/bridge
+	$(BIN)/mypy
+
+unit: $(BIN)/bridge
+	$(BIN)/pytest tests/unit
+
+component: $(BIN)/bridge
+	$(BIN)/pytest tests/component
+
+integration: $(BIN)/bridge broker
+	$(BIN)/pytest tests/integration
+
+## make bench: polling throughput against the protocol limit (see docs/benchmarks.md)
+bench: $(BIN)/bridge broker
+	$(BIN)/bridge bench poll
+
+clean:
+	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache

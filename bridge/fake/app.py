@@ -1,0 +1,284 @@
+"""The fake provider's raw ASGI app (no framework; the hot path is str.split and dict lookups).
+
+Provider calls (real GREEN-API URL shapes)::
+
+    GET    /waInstance{id}/receiveNotification/{token}?receiveTimeout=N
+    DELETE /waInstance{id}/deleteNotification/{token}/{receiptId}
+
+Each call is checked in this order: route (404), idInstance (400/403), token (401), rate limit
+per instance and method (429), parameters (400), then the next queued fault, the injected
+latency, and finally the real answer. Control calls live under ``/_control`` (see
+:mod:`bridge.fake.control`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, MutableMapping
+from http import HTTPStatus
+from typing import Any, Final
+
+from bridge.fake.control import handle_control
+from bridge.fake.greenapi import (
+    BadRequestError,
+    FakeGreenApi,
+    Fault,
+    Instance,
+    notification_response,
+    parse_receipt_id,
+    parse_receive_timeout,
+)
+
+__all__ = ["DROP_LOG_MESSAGE", "ASGIApp", "create_app"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_JSON: Final = b"application/json"
+_TEXT: Final = b"text/plain; charset=utf-8"
+_NULL: Final = b"null"
+_RESULT_TRUE: Final = b'{"result":true}'
+_RESULT_FALSE: Final = b'{"result":false}'
+_QUOTA_BODY: Final = (
+    b'{"invokeStatus":{"status":"QUOTE_EXCEEDED","description":"Monthly quota has been'
+    b' exceeded. Please go to your personal account and change the tariff to business"},'
+    b'"correspondentsStatus":{"status":"CORRESPONDENTS_QUOTE_EXCEEDED","description":'
+    b'"Monthly quota has been exceeded. You can only send or receive messages from'
+    b' 3 chats"}}'
+)
+_DROP_PREFIX: Final = b'{"receiptId":'
+_DROP_LENGTH: Final = b"512"
+DROP_LOG_MESSAGE: Final = "ASGI callable returned without completing response."
+_PREFIX_LEN: Final = len("waInstance")
+
+
+def _bad_request(message: str) -> bytes:
+    return b'{"message":"%b"}' % message.encode()
+
+
+async def _answer(send: Send, status: int, body: bytes, content_type: bytes = _JSON) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", b"%d" % len(body)),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _drop(send: Send) -> None:
+    """Promise a body, send a piece of it and stop: uvicorn then closes the connection."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", _JSON), (b"content-length", _DROP_LENGTH)],
+        }
+    )
+    await send({"type": "http.response.body", "body": _DROP_PREFIX, "more_body": True})
+
+
+async def _answer_fault(send: Send, fault: Fault) -> None:
+    if fault.kind == "status":
+        body = (fault.body or _reason(fault.status)).encode()
+        json = body[:1] in (b"{", b"[")
+        await _answer(send, fault.status, body, _JSON if json else _TEXT)
+    elif fault.kind == "quota":
+        await _answer(send, 466, _QUOTA_BODY)
+    elif fault.kind == "drop":
+        await _drop(send)
+    else:  # empty
+        await _answer(send, 200, b"")
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return f"Error {status}"
+
+
+def _settle(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+class _FakeProvider:
+    __slots__ = ("state",)
+
+    def __init__(self, state: FakeGreenApi) -> None:
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            path: str = scope["path"]
+            if path.startswith("/waInstance"):
+                await self._provider(scope, receive, send)
+            elif path.startswith("/_control"):
+                body = await _read_body(receive)
+                if body is not None:
+                    status, answer = handle_control(self.state, scope["method"], path, body)
+                    await _answer(send, status, answer)
+            else:
+                await _answer(send, 404, b"Not Found", _TEXT)
+        elif kind == "lifespan":
+            await _lifespan(receive, send)
+
+    async def _provider(self, scope: Scope, receive: Receive, send: Send) -> None:
+        parts: list[str] = scope["path"].split("/")
+        count = len(parts)
+        method = scope["method"]
+        if count == 4 and parts[2] == "receiveNotification" and method == "GET":
+            receiving = True
+        elif count == 5 and parts[2] == "deleteNotification" and method == "DELETE":
+            receiving = False
+        else:
+            await _answer(send, 404, b"Not Found", _TEXT)
+            return
+        id = parts[1][_PREFIX_LEN:]
+        instance = self.state.instances.get(id)
+        if instance is None:
+            if id.isascii() and id.isdigit():
+                await _answer(send, 403, b"Forbidden", _TEXT)
+            else:
+                await _answer(send, 400, _bad_request("Parameter idInstance not an integer"))
+            return
+        token = parts[3]
+        if token != instance.token:
+            if token:
+                await _answer(send, 401, b"Unauthorized", _TEXT)
+            else:
+                await _answer(send, 400, _bad_request("Parameter apiTokenInstance not define"))
+            return
+        if receiving:
+            instance.begin_receive()
+            try:
+                await self._receive(instance, scope, receive, send)
+            finally:
+                instance.end_receive()
+        else:
+            await self._delete(instance, parts[4], send)
+
+    async def _receive(
+        self, instance: Instance, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        if not instance.receive_window.admit(loop.time()):
+            await _answer(send, 429, b"Too Many Requests", _TEXT)
+            return
+        try:
+            timeout = parse_receive_timeout(scope["query_string"])
+        except BadRequestError as exc:
+            await _answer(send, 400, _bad_request(str(exc)))
+            return
+        fault = instance.take_fault("receive") if instance.faults else None
+        latency = self.state.latency_for(instance)
+        if fault is not None:
+            if fault.kind != "slow":
+                if latency > 0.0:
+                    await asyncio.sleep(latency)
+                await _answer_fault(send, fault)
+                return
+            await asyncio.sleep(fault.delay)
+        deadline = loop.time() + timeout * self.state.timeout_scale
+        while True:
+            head = instance.head()
+            if head is not None:
+                if latency > 0.0:
+                    await asyncio.sleep(latency)
+                    head = instance.head()
+                    if head is None:  # taken by an overlapping consumer meanwhile
+                        continue
+                instance.delivered += 1
+                await _answer(send, 200, notification_response(*head))
+                return
+            remaining = deadline - loop.time()
+            if remaining <= 0.0 or instance.closed or self.state.draining:
+                break
+            if not await _wait(loop, instance, remaining, receive):
+                return  # the client went away: nobody to answer
+        await _answer(send, 200, _NULL)
+
+    async def _delete(self, instance: Instance, segment: str, send: Send) -> None:
+        if not instance.delete_window.admit(asyncio.get_running_loop().time()):
+            await _answer(send, 429, b"Too Many Requests", _TEXT)
+            return
+        try:
+            receipt_id = parse_receipt_id(segment)
+        except BadRequestError as exc:
+            await _answer(send, 400, _bad_request(str(exc)))
+            return
+        fault = instance.take_fault("delete") if instance.faults else None
+        latency = self.state.latency_for(instance)
+        if latency > 0.0:
+            await asyncio.sleep(latency)
+        if fault is not None:
+            if fault.kind != "slow":
+                await _answer_fault(send, fault)
+                return
+            await asyncio.sleep(fault.delay)
+        await _answer(send, 200, _RESULT_TRUE if instance.delete(receipt_id) else _RESULT_FALSE)
+
+
+async def _wait(
+    loop: asyncio.AbstractEventLoop, instance: Instance, timeout: float, receive: Receive
+) -> bool:
+    """Wait for an enqueue, the timeout or a disconnect; False only on a disconnect."""
+    waiter: asyncio.Future[None] = loop.create_future()
+    instance.waiters.add(waiter)
+    timer = loop.call_later(timeout, _settle, waiter)
+    watcher = loop.create_task(_until_disconnect(receive))
+    watcher.add_done_callback(lambda _: _settle(waiter))
+    try:
+        await waiter
+    except BaseException:
+        watcher.cancel()
+        raise
+    finally:
+        timer.cancel()
+        instance.waiters.discard(waiter)
+    if not watcher.done():
+        watcher.cancel()
+        return True
+    if not watcher.cancelled():
+        watcher.exception()  # retrieve it: a failing receive also means the client is gone
+    return False
+
+
+def create_app(state: FakeGreenApi) -> ASGIApp:
+    """The raw ASGI app serving the provider API and ``/_control`` over ``state``."""
+    return _FakeProvider(state)

@@ -1,0 +1,187 @@
+"""The fake provider's runner: uvicorn embedded in the caller's event loop, and the CLI entry.
+
+``serve`` binds, serves until cancelled, then answers every pending long poll with ``null`` and
+lets uvicorn drain (its ``Server.shutdown`` is the model). Signal capture is off: signals belong
+to the process's root coroutine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import socket
+from collections.abc import Generator
+from typing import Final
+
+import uvicorn
+
+from bridge.fake.app import DROP_LOG_MESSAGE, create_app
+from bridge.fake.greenapi import FakeGreenApi
+from bridge.fake.samples import renumbered, sample_notifications
+
+__all__ = ["create_app", "parse_listen", "run_fake_provider", "serve", "serve_socket"]
+
+logger = logging.getLogger("bridge.fake")
+
+_GRACEFUL_SHUTDOWN: Final = 10
+
+
+class _QuietDrops(logging.Filter):
+    """Hide uvicorn's error line for the deliberate incomplete responses of ``drop``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != DROP_LOG_MESSAGE
+
+
+class _EmbeddedServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, ready: asyncio.Event | None) -> None:
+        super().__init__(config)
+        self._ready = ready
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield  # signals belong to the process's root coroutine, not to this server
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self._ready is not None:
+            self._ready.set()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket; ``proto`` must be TCP for asyncio to set TCP_NODELAY."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+async def serve(
+    state: FakeGreenApi, host: str, port: int, *, ready: asyncio.Event | None = None
+) -> None:
+    """Serve ``state`` on host:port until cancelled, then drain long polls and shut down."""
+    await serve_socket(state, _bind(host, port), ready=ready)
+
+
+async def serve_socket(
+    state: FakeGreenApi, sock: socket.socket, *, ready: asyncio.Event | None = None
+) -> None:
+    """Like :func:`serve` on an already bound socket (port 0 lets the OS choose)."""
+    host, port = sock.getsockname()[:2]
+    # Accepted sockets inherit this on Linux; without it Nagle's algorithm and delayed ACKs
+    # add ~40 ms to every answer, as uvicorn writes the head and the body separately.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    config = uvicorn.Config(
+        create_app(state),
+        host=host,
+        port=port,
+        log_level="warning",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        lifespan="on",
+        http="httptools",
+        timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN,
+    )
+    server = _EmbeddedServer(config, ready)
+    quiet = _QuietDrops()
+    uvicorn_logger = logging.getLogger("uvicorn.error")
+    uvicorn_logger.addFilter(quiet)
+    state.draining = False
+    task = asyncio.ensure_future(server.serve(sockets=[sock]))
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not task.done():
+            server.should_exit = True
+            state.release_waiters()
+            await task
+        raise
+    finally:
+        uvicorn_logger.removeFilter(quiet)
+        sock.close()
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) into its parts; ValueError when malformed."""
+    host, sep, port = listen.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        raise ValueError(f"listen address must be HOST:PORT, got {listen!r}")
+    return host, int(port)
+
+
+def _describe(ids: list[str], limit: int = 10) -> str:
+    shown = ",".join(ids[:limit])
+    return shown if len(ids) <= limit else f"{shown},...(+{len(ids) - limit} more)"
+
+
+async def _feed(state: FakeGreenApi, ids: list[str], samples: list[bytes], interval: float) -> None:
+    """Every `interval` seconds, one more sample per instance, renumbered so each is new."""
+    for n, raw in enumerate(itertools.cycle(samples)):
+        await asyncio.sleep(interval)
+        for id in ids:
+            if id in state.instances:
+                state.enqueue(id, renumbered(raw, f"FEED{id}{n:08d}"))
+
+
+async def run_fake_provider(
+    listen: str,
+    instances: list[tuple[str, str]],
+    *,
+    seed_samples: bool,
+    feed_interval: float | None,
+    latency: float,
+) -> None:
+    """Build the fake's state, optionally seed and feed samples, and serve until cancelled."""
+    host, port = parse_listen(listen)
+    state = FakeGreenApi(latency=latency)
+    ids = []
+    for id, token in instances:
+        if not (id.isascii() and id.isdigit()) or not token or "/" in token:
+            raise ValueError(f"instance must be DIGITS:TOKEN, got id {id!r}")
+        state.add_instance(id, token)
+        ids.append(id)
+    samples = sample_notifications()
+    if seed_samples:
+        for id in ids:
+            state.enqueue_many(id, samples)
+    ready = asyncio.Event()
+    server = asyncio.create_task(serve(state, host, port, ready=ready))
+    started = asyncio.create_task(ready.wait())
+    feeder: asyncio.Task[None] | None = None
+    try:
+        await asyncio.wait({server, started}, return_when=asyncio.FIRST_COMPLETED)
+        if not started.done():
+            await server  # it ended before listening: raise its error
+            return
+        logger.info(
+            "event=fake.started listen=%s:%d instances=%s seeded=%d feed_interval=%s latency=%s",
+            host,
+            port,
+            _describe(ids),
+            len(samples) if seed_samples else 0,
+            feed_interval,
+            latency,
+        )
+        if feed_interval is not None and feed_interval > 0 and samples:
+            feeder = asyncio.create_task(_feed(state, ids, samples, feed_interval))
+        await server
+    finally:
+        started.cancel()
+        if feeder is not None:
+            feeder.cancel()
+        if not server.done():
+            server.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await server

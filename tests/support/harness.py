@@ -1,0 +1,184 @@
+"""Helpers for component and integration tests: a fake GREEN-API server, bridge settings,
+unique topology names on the shared broker, and a consumer that collects what arrived."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage
+
+from bridge.config import Settings, load
+from bridge.fake.greenapi import FakeGreenApi
+from bridge.fake.server import serve_socket
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class FakeServer:
+    state: FakeGreenApi
+    url: str
+
+
+@contextlib.asynccontextmanager
+async def fake_greenapi(
+    instances: Iterable[tuple[str, str]] = (), **kwargs: float
+) -> AsyncIterator[FakeServer]:
+    """Serve a FakeGreenApi on a free localhost port for the duration of the block."""
+    kwargs.setdefault("timeout_scale", 0.02)
+    state = FakeGreenApi(**kwargs)  # type: ignore[arg-type]
+    for ident, token in instances:
+        state.add_instance(ident, token)
+    sock = socket.create_server(("127.0.0.1", 0), backlog=2048)
+    port = sock.getsockname()[1]
+    ready = asyncio.Event()
+    task = asyncio.create_task(serve_socket(state, sock, ready=ready))
+    await asyncio.wait_for(ready.wait(), 10)
+    try:
+        yield FakeServer(state, f"http://127.0.0.1:{port}")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@dataclass
+class Names:
+    """Unique exchange and queue names so tests never touch the default topology."""
+
+    prefix: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}")
+
+    @property
+    def exchange(self) -> str:
+        return f"{self.prefix}.notifications"
+
+    @property
+    def unrouted(self) -> str:
+        return f"{self.prefix}.notifications.unrouted"
+
+    @property
+    def invalid(self) -> str:
+        return f"{self.prefix}.notifications.invalid"
+
+
+def token_for(instance: str) -> str:
+    return f"tok-{instance}-{'x' * 24}"
+
+
+def bridge_toml(
+    *,
+    amqp_url: str,
+    names: Names,
+    api_url: str,
+    instances: Iterable[str],
+    receive_timeout: int = 5,
+    extra: str = "",
+    source_extra: str = "",
+) -> tuple[str, dict[str, str]]:
+    lines = [
+        "[amqp]",
+        f'url = "{amqp_url}"',
+        f'exchange = "{names.exchange}"',
+        f'unrouted_exchange = "{names.unrouted}"',
+        f'invalid_exchange = "{names.invalid}"',
+        "confirm_timeout = 5",
+        "[poll]",
+        "backoff_initial = 0.05",
+        "backoff_max = 0.5",
+        "long_backoff = 1",
+        "timeout_margin = 5",
+        extra,
+    ]
+    env: dict[str, str] = {}
+    for ident in instances:
+        lines += [
+            "[[sources]]",
+            'provider = "greenapi"',
+            'mode = "poll"',
+            f'instance = "{ident}"',
+            f'api_url = "{api_url}"',
+            f'token_env = "TOKEN_{ident}"',
+            f"receive_timeout = {receive_timeout}",
+            source_extra,
+        ]
+        env[f"TOKEN_{ident}"] = token_for(ident)
+    return "\n".join(lines) + "\n", env
+
+
+def settings_for(tmp_path: Path, text: str, env: dict[str, str]) -> Settings:
+    path = tmp_path / f"bridge-{uuid.uuid4().hex[:6]}.toml"
+    path.write_text(text)
+    return load(path, env)
+
+
+@dataclass
+class Collected:
+    messages: list[AbstractIncomingMessage] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@contextlib.asynccontextmanager
+async def collector(
+    amqp_url: str, exchange: str, binding: str = "#", *, declare_exchange: bool = True
+) -> AsyncIterator[Collected]:
+    """A server-named queue bound to `exchange` that records every delivery (acked)."""
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        if declare_exchange:
+            await channel.declare_exchange(
+                exchange,
+                aio_pika.ExchangeType.TOPIC,
+                durable=True,
+                arguments={"alternate-exchange": exchange + ".unrouted"},
+            )
+        queue = await channel.declare_queue(exclusive=True)
+        await queue.bind(exchange, routing_key=binding)
+        got = Collected()
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            got.messages.append(message)
+            got.arrived.set()
+            await message.ack()
+
+        await queue.consume(on_message)
+        yield got
+    finally:
+        await connection.close()
+
+
+async def wait_until(
+    predicate: Callable[[], bool], timeout: float = 30.0, interval: float = 0.05
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        await asyncio.sleep(interval)
+
+
+async def delete_topology(amqp_url: str, names: Names) -> None:
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        for queue in (names.unrouted, names.invalid):
+            with contextlib.suppress(Exception):
+                await channel.queue_delete(queue)
+        for exchange in (names.exchange, names.unrouted, names.invalid):
+            with contextlib.suppress(Exception):
+                await channel.exchange_delete(exchange)
+    finally:
+        await connection.close()
