@@ -15,6 +15,7 @@ import logging
 from typing import NamedTuple
 
 import httpx
+from httpx_aiohttp import AiohttpTransport
 
 from bridge.config import PollConfig, Secret, Source
 from bridge.errors import (
@@ -54,6 +55,7 @@ def build_client(poll: PollConfig) -> httpx.AsyncClient:
         keepalive_expiry=30,
     )
     return httpx.AsyncClient(
+        transport=AiohttpTransport(limits=limits, trust_env=False),
         limits=limits,
         timeout=httpx.Timeout(10.0, pool=None),
         headers={"User-Agent": "bridge"},

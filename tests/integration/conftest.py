@@ -1,5 +1,5 @@
 from __future__ import annotations
 
-import pytest
+from tests.support.rabbitnode import own_rabbit
 
-pytestmark = pytest.mark.integration
+__all__ = ["own_rabbit"]

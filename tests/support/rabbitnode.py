@@ -308,11 +308,14 @@ def _dir_owner(path: Path) -> int | None:
 
 def _reap_orphans_and_collect_claims() -> set[int]:
     """Remove nodes/directories left by dead test sessions; return ports live ones still use."""
+    orphans = []
     for pid, env in _beam_processes():
         owner = env.get(OWNER_ENV)
         if owner and owner.isdigit() and not _pid_alive(int(owner)):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+                orphans.append(pid)
+    _wait_pids_gone(orphans, 10.0)  # so that their ports are free again
     claimed: set[int] = set()
     for path in TMP_ROOT.glob(DIR_PREFIX + "*"):
         owner = _dir_owner(path)
