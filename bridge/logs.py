@@ -22,9 +22,16 @@ _TOKEN_PATH = re.compile(r"(/waInstance[^/\s]*/[A-Za-z]+/)[^/?\s\"']+")
 _json = msgspec.json.Encoder()
 
 
-def log_event(logger: logging.Logger, level: int, event: str, /, **fields: Any) -> None:
+def log_event(
+    logger: logging.Logger,
+    level: int,
+    event: str,
+    exc_info: BaseException | None = None,
+    /,
+    **fields: Any,
+) -> None:
     if logger.isEnabledFor(level):
-        logger.log(level, event, extra={FIELDS_ATTR: fields}, stacklevel=2)
+        logger.log(level, event, extra={FIELDS_ATTR: fields}, exc_info=exc_info, stacklevel=2)
 
 
 def redact_url(text: str) -> str:

@@ -14,6 +14,7 @@ import asyncio
 import logging
 from typing import NamedTuple
 
+import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
@@ -133,6 +134,15 @@ class Poller:
                     self._log_failure("receive", exc, delay)
                     await sleep_unless(self._stop, delay)
                     continue
+                except Exception as exc:  # a bug must not silently end the source
+                    delay = self._backoff.delay(failures)
+                    failures += 1
+                    log_event(
+                        log, logging.ERROR, "source.unexpected_error", exc,
+                        **self._fields(), error=type(exc).__name__, retry_in=round(delay, 2),
+                    )  # fmt: skip
+                    await sleep_unless(self._stop, delay)
+                    continue
                 failures = 0
                 if received is not None:
                     await self._handle(received)
@@ -163,9 +173,7 @@ class Poller:
     async def _receive(self) -> Head | None:
         try:
             response = await self._client.get(self._receive_url, timeout=self._receive_timeout)
-        except httpx.TimeoutException:
-            raise TransientProviderError("receive timed out", error_class="timeout") from None
-        except httpx.HTTPError as exc:
+        except HTTP_ERRORS as exc:
             raise _network_error(exc) from None
         body = response.content
         if response.status_code != 200:
@@ -235,7 +243,7 @@ class Poller:
                 break
             try:
                 response = await self._client.delete(url)
-            except httpx.HTTPError as exc:
+            except HTTP_ERRORS as exc:
                 last = _network_error(exc)
                 self._count_error("delete", last)
                 continue
@@ -283,6 +291,7 @@ class Poller:
     def _stop_loudly(self, exc: ProviderError, method: str) -> None:
         self._count_error(method, exc)
         self.stopped_reason = exc.error_class
+        self._stop.set()
         SOURCE_UP.labels(self.source.provider, self.source.instance).set(0)
         log_event(
             log, logging.ERROR, "source.stopped",
@@ -291,8 +300,15 @@ class Poller:
         )  # fmt: skip
 
 
-def _network_error(exc: httpx.HTTPError) -> TransientProviderError:
-    # httpx messages can embed the request URL, and so the token: keep only the class name.
+#: What a provider call can raise besides an HTTP answer: httpx's errors, and those of the
+#: aiohttp transport underneath that httpx-aiohttp does not map.
+HTTP_ERRORS = (httpx.HTTPError, aiohttp.ClientError, OSError, TimeoutError)
+
+
+def _network_error(exc: BaseException) -> TransientProviderError:
+    # Client messages can embed the request URL, and so the token: keep only the class name.
+    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+        return TransientProviderError("timed out", error_class="timeout")
     name = type(exc).__name__
     return TransientProviderError(f"network error: {name}", error_class=_snake(name))
 
