@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -108,17 +109,22 @@ def _config_error(exc: ConfigError) -> int:
 def run_with_aiorun(
     main: Callable[[], Any], on_shutdown: Callable[[], Any], *, uvloop: bool = True
 ) -> BaseException | None:
-    """Run `main()` under aiorun; SIGINT/SIGTERM call `on_shutdown()` before tasks are cancelled.
+    """Run `main()` under aiorun. On SIGINT/SIGTERM, `on_shutdown()` runs first (graceful stop),
+    then `main()` itself is cancelled and awaited, before aiorun cancels anything else.
 
     Returns the exception that ended `main()`, if any.
     """
     import aiorun
 
-    state: dict[str, Any] = {"stopping": False, "error": None}
+    state: dict[str, Any] = {"stopping": False, "error": None, "task": None}
 
     async def root() -> None:
+        state["task"] = asyncio.current_task()
         try:
             await main()
+        except asyncio.CancelledError:
+            if not state["stopping"]:
+                raise
         except Exception as exc:
             state["error"] = exc
         finally:
@@ -128,6 +134,11 @@ def run_with_aiorun(
     async def shutdown(_loop: asyncio.AbstractEventLoop) -> None:
         state["stopping"] = True
         await on_shutdown()
+        task: asyncio.Task[None] | None = state["task"]
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(task, 20)
 
     aiorun.run(root(), use_uvloop=uvloop, shutdown_callback=shutdown, timeout_task_shutdown=20)
     error: BaseException | None = state["error"]

@@ -136,4 +136,6 @@ def setup(
     # httpx logs every request URL at INFO, and GREEN-API URLs carry the token.
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # aiorun announces every signal at WARNING; the bridge logs its own service.stopping.
+    logging.getLogger("aiorun").setLevel(logging.ERROR)
     return redactor
