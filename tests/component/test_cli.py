@@ -1,0 +1,106 @@
+"""The `bridge` command line: exit codes and messages users see."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import aio_pika
+import pytest
+
+from tests.conftest import AMQP_URL
+from tests.support.harness import Names
+
+REPO = Path(__file__).parents[2]
+
+
+def bridge(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bridge", *args],
+        check=False, cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def test_check_config_prints_effective_config_masked() -> None:
+    result = bridge(
+        "check-config", "--config", "bridge.toml",
+        env={"GREENAPI_TOKEN_1101000001": "secret-one-xyz", "GREENAPI_TOKEN_1101000002": "secret-two-xyz",
+             "BRIDGE_AMQP__URL": "amqp://user:hunter2@rabbit:5672/"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["amqp"]["url"] == "amqp://user:***@rabbit:5672/"
+    assert len(data["sources"]) == 2
+    assert "config ok: 2 polling and 0 webhook sources" in result.stderr
+    assert "secret-one" not in result.stdout + result.stderr
+    assert "hunter2" not in result.stdout + result.stderr
+
+
+def test_missing_secret_names_the_variable() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GREENAPI_TOKEN")}
+    result = subprocess.run(
+        [sys.executable, "-m", "bridge", "check-config", "--config", "bridge.toml"],
+        check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "GREENAPI_TOKEN_1101000001 is not set" in result.stderr
+
+
+def test_bad_file_exits_2_naming_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[amqp]\nconfirm_timeout = 'soon'\n")
+    for command in ("check-config", "run"):
+        result = bridge(command, "--config", str(path))
+        assert result.returncode == 2
+        assert "amqp.confirm_timeout" in result.stderr
+
+
+def test_unknown_command_is_a_usage_error() -> None:
+    result = bridge("frobnicate")
+    assert result.returncode == 2
+    assert "invalid choice" in result.stderr
+
+
+def test_fake_provider_rejects_bad_instances() -> None:
+    result = bridge("fake-provider", "--instance", "notdigits")
+    assert result.returncode == 2
+    assert "ID:TOKEN" in result.stderr
+
+
+@pytest.mark.integration
+def test_topology_conflict_is_a_config_error(tmp_path: Path) -> None:
+    names = Names()
+
+    async def declare_conflicting() -> None:
+        connection = await aio_pika.connect(AMQP_URL)
+        async with connection:
+            channel = await connection.channel()
+            await channel.declare_exchange(names.exchange, "fanout", durable=True)
+
+    async def cleanup() -> None:
+        connection = await aio_pika.connect(AMQP_URL)
+        async with connection:
+            channel = await connection.channel()
+            for q in (names.unrouted, names.invalid):
+                await channel.queue_delete(q)
+            for e in (names.exchange, names.unrouted, names.invalid):
+                await channel.exchange_delete(e)
+
+    asyncio.run(declare_conflicting())
+    try:
+        path = tmp_path / "b.toml"
+        path.write_text(
+            f'[amqp]\nurl = "{AMQP_URL}"\nexchange = "{names.exchange}"\n'
+            f'unrouted_exchange = "{names.unrouted}"\ninvalid_exchange = "{names.invalid}"\n'
+        )
+        result = bridge("run", "--config", str(path), "--log-format", "json")
+        assert result.returncode == 2
+        assert "PRECONDITION_FAILED" in result.stderr or "conflicting" in result.stderr
+    finally:
+        asyncio.run(cleanup())
