@@ -12,13 +12,12 @@ import asyncio
 import contextlib
 import logging
 
-import httpx
-
 from bridge.amqp.publisher import AmqpPublisher
 from bridge.amqp.topology import topology
 from bridge.config import Settings
+from bridge.ingest.http import AiohttpProviderHttp, ProviderHttp
 from bridge.ingest.pipeline import Pipeline
-from bridge.ingest.poller import Poller, build_client
+from bridge.ingest.poller import Poller
 from bridge.logs import log_event
 from bridge.retry import Backoff
 
@@ -26,7 +25,7 @@ log = logging.getLogger("bridge.app")
 
 
 class Service:
-    def __init__(self, settings: Settings, *, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, settings: Settings, *, client: ProviderHttp | None = None) -> None:
         cfg = settings.config
         self.settings = settings
         extra = [s.exchange for s in cfg.sources if s.exchange]
@@ -37,7 +36,7 @@ class Service:
         )
         self.pipeline = Pipeline(cfg.amqp, self.publisher)
         self._own_client = client is None
-        self.client = client or build_client(cfg.poll)
+        self.client = client or AiohttpProviderHttp(max_connections=cfg.poll.max_connections)
         self.pollers = [
             Poller(
                 source,

@@ -28,6 +28,7 @@ import httpx
 
 from bridge.bench.common import (
     Progress,
+    cpu_seconds,
     peak_rss_mb,
     spawn,
     stop_process,
@@ -73,6 +74,8 @@ def report(r: dict[str, Any]) -> str:
             f"  protocol limit       {r['limit']:.0f} notifications/s",
             f"  ratio                {r['ratio']:.2f}",
             f"  bridge peak RSS      {r['rss_mb']:.0f} MB",
+            f"  bridge CPU           {r['bridge_cpu']:.2f} cores, "
+            f"{r['cpu_us_per_notification']:.0f} µs per notification",
         ]
     )
 
@@ -115,6 +118,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             if bridge.returncode is not None:
                 raise SystemExit(f"bridge exited early, see {workdir / 'bridge.log'}")
             bodies = numbered_notifications(n * m, prefix="BENCH")
+            cpu_before = cpu_seconds(bridge.pid)
             started = time.perf_counter()
             for port, group in zip(ports, groups, strict=True):
                 for ident in group:
@@ -138,6 +142,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     raise SystemExit(f"bridge exited, see {workdir / 'bridge.log'}")
                 await asyncio.sleep(0.05)
             elapsed = time.perf_counter() - started
+            cpu = cpu_seconds(bridge.pid) - cpu_before
             progress.done()
             rss = peak_rss_mb(bridge.pid)
     finally:
@@ -158,6 +163,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "limit": limit,
         "ratio": rate / limit,
         "rss_mb": rss,
+        "bridge_cpu": cpu / elapsed,
+        "cpu_us_per_notification": 1e6 * cpu / total,
         "cpus": os.cpu_count(),
         "python": sys.version.split()[0],
     }

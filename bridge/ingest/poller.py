@@ -4,7 +4,7 @@
 
 The provider is acknowledged (`deleteNotification`) only after `basic.ack`. A failed publish
 leaves the notification at the head of the provider queue; it comes back on the next receive
-and is published again with the same `message_id`. httpx errors are mapped to the bridge's
+and is published again with the same `message_id`. client errors are mapped to the bridge's
 error tree here; every class maps to one action: back off, long back-off, or stop the source.
 """
 
@@ -14,9 +14,7 @@ import asyncio
 import logging
 from typing import NamedTuple
 
-import aiohttp
 import httpx
-from httpx_aiohttp import AiohttpTransport
 
 from bridge.config import PollConfig, Secret, Source
 from bridge.errors import (
@@ -26,6 +24,7 @@ from bridge.errors import (
     SuspendedProviderError,
     TransientProviderError,
 )
+from bridge.ingest.http import HTTP_ERRORS, ProviderHttp
 from bridge.ingest.pipeline import Pipeline
 from bridge.logs import log_event
 from bridge.metrics import ACKNOWLEDGED, POLL_ERRORS, RECEIVED, SOURCE_UP
@@ -48,30 +47,13 @@ class Head(NamedTuple):
     answer: bytes
 
 
-def build_client(poll: PollConfig) -> httpx.AsyncClient:
-    """The one HTTP connection pool shared by every polling source."""
-    limits = httpx.Limits(
-        max_connections=poll.max_connections,
-        max_keepalive_connections=poll.max_connections,
-        keepalive_expiry=30,
-    )
-    return httpx.AsyncClient(
-        transport=AiohttpTransport(limits=limits, trust_env=False),
-        limits=limits,
-        timeout=httpx.Timeout(10.0, pool=None),
-        headers={"User-Agent": "bridge"},
-        follow_redirects=False,
-        trust_env=False,
-    )
-
-
 class Poller:
     def __init__(
         self,
         source: Source,
         token: Secret,
         *,
-        client: httpx.AsyncClient,
+        client: ProviderHttp,
         pipeline: Pipeline,
         poll: PollConfig,
     ) -> None:
@@ -85,9 +67,8 @@ class Poller:
             f"{base}/receiveNotification/{secret}?receiveTimeout={source.receive_timeout}"
         )
         self._delete_base = f"{base}/deleteNotification/{secret}/"
-        self._receive_timeout = httpx.Timeout(
-            10.0, read=source.receive_timeout + poll.timeout_margin, pool=None
-        )
+        self._read_timeout = float(source.receive_timeout + poll.timeout_margin)
+        self._delete_timeout = 30.0
         self._backoff = Backoff(initial=poll.backoff_initial, maximum=poll.backoff_max)
         self._stop = asyncio.Event()
         self._receiving: asyncio.Future[Head | None] | None = None
@@ -172,12 +153,13 @@ class Poller:
 
     async def _receive(self) -> Head | None:
         try:
-            response = await self._client.get(self._receive_url, timeout=self._receive_timeout)
+            status, body = await self._client.request(
+                "GET", self._receive_url, read_timeout=self._read_timeout
+            )
         except HTTP_ERRORS as exc:
             raise _network_error(exc) from None
-        body = response.content
-        if response.status_code != 200:
-            raise error_for_status(response.status_code, body)
+        if status != 200:
+            raise error_for_status(status, body)
         try:
             received = decode_received(body)
         except MalformedResponse as exc:
@@ -242,19 +224,21 @@ class Poller:
             if attempt and await sleep_unless(self._stop, self._backoff.delay(attempt - 1)):
                 break
             try:
-                response = await self._client.delete(url)
+                status, body = await self._client.request(
+                    "DELETE", url, read_timeout=self._delete_timeout
+                )
             except HTTP_ERRORS as exc:
                 last = _network_error(exc)
                 self._count_error("delete", last)
                 continue
-            if response.status_code != 200:
-                last = error_for_status(response.status_code, response.content)
+            if status != 200:
+                last = error_for_status(status, body)
                 self._count_error("delete", last)
                 if not isinstance(last, TransientProviderError):
                     raise last
                 continue
             try:
-                result = decode_deleted(response.content)
+                result = decode_deleted(body)
             except MalformedResponse as exc:
                 last = TransientProviderError(str(exc), error_class="malformed")
                 self._count_error("delete", last)
@@ -298,11 +282,6 @@ class Poller:
             **self._fields(), method=method, error_class=exc.error_class, detail=str(exc)[:300],
             hint="fix the credentials or instance and restart the bridge",
         )  # fmt: skip
-
-
-#: What a provider call can raise besides an HTTP answer: httpx's errors, and those of the
-#: aiohttp transport underneath that httpx-aiohttp does not map.
-HTTP_ERRORS = (httpx.HTTPError, aiohttp.ClientError, OSError, TimeoutError)
 
 
 def _network_error(exc: BaseException) -> TransientProviderError:

@@ -12,6 +12,7 @@ import pytest
 from bridge.config import AmqpConfig, PollConfig, Secret, Source
 from bridge.envelope import Outbound
 from bridge.errors import BrokerUnavailable, PublishNacked
+from bridge.ingest.http import HttpxProviderHttp
 from bridge.ingest.pipeline import Pipeline
 from bridge.ingest.poller import Poller
 
@@ -48,7 +49,7 @@ def make(
         calls.append(f"{request.method} {request.url.path.split('/')[2]}")
         return handler(request)
 
-    client = httpx.AsyncClient(transport=httpx.MockTransport(record))
+    client = HttpxProviderHttp(httpx.AsyncClient(transport=httpx.MockTransport(record)))
     source = Source(
         provider="greenapi",
         mode="poll",
@@ -244,7 +245,7 @@ async def test_stop_abandons_a_pending_long_poll() -> None:
         await asyncio.sleep(60)
         raise AssertionError("not reached")
 
-    client = httpx.AsyncClient(transport=httpx.MockTransport(hang))
+    client = HttpxProviderHttp(httpx.AsyncClient(transport=httpx.MockTransport(hang)))
     source = Source(
         provider="greenapi", mode="poll", instance="1", api_url="http://gw", token_env="T"
     )
