@@ -12,12 +12,16 @@ import asyncio
 import contextlib
 import logging
 
+import uvicorn
+
 from bridge.amqp.publisher import AmqpPublisher
 from bridge.amqp.topology import topology
 from bridge.config import Settings
+from bridge.httpserver import EmbeddedServer, bind, guarded_protocol, split_listen
 from bridge.ingest.http import AiohttpProviderHttp, ProviderHttp
 from bridge.ingest.pipeline import Pipeline
 from bridge.ingest.poller import Poller
+from bridge.ingest.webhooks import Webhooks
 from bridge.logs import log_event
 from bridge.retry import Backoff
 
@@ -48,6 +52,23 @@ class Service:
             for source in cfg.sources
             if source.mode == "poll"
         ]
+        self.webhooks = Webhooks(settings, self.pipeline)
+        http = cfg.http
+        self.http = EmbeddedServer(
+            uvicorn.Config(
+                self.webhooks,
+                http=guarded_protocol(http.header_timeout),
+                lifespan="off",
+                log_config=None,
+                access_log=False,
+                server_header=False,
+                timeout_keep_alive=int(http.keepalive_timeout),
+                timeout_graceful_shutdown=int(http.drain_timeout),
+                backlog=2048,
+            )
+        )
+        self.http_port: int | None = None
+        self._http_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._publisher_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
@@ -57,8 +78,16 @@ class Service:
         log_event(
             log, logging.INFO, "service.starting",
             pollers=len(self.pollers), exchange=self.settings.config.amqp.exchange,
+            webhooks=len(self.settings.config.sources) - len(self.pollers),
         )  # fmt: skip
         self._publisher_task = asyncio.create_task(self.publisher.run(), name="publisher")
+        host, port = split_listen(self.settings.config.http.listen)
+        sock = bind(host, port)
+        self.http_port = sock.getsockname()[1]
+        self._http_task = asyncio.create_task(self.http.serve(sockets=[sock]), name="http")
+        for name in self.webhooks.open_sources():
+            log_event(log, logging.WARNING, "webhook.unauthenticated_source", source=name)
+        log_event(log, logging.INFO, "http.listening", listen=f"{host}:{self.http_port}")
         self._tasks = [
             asyncio.create_task(p.run(), name=f"poll {p.source.name}") for p in self.pollers
         ]
@@ -81,11 +110,13 @@ class Service:
         log_event(log, logging.INFO, "service.stopping")
         for poller in self.pollers:
             poller.stop()
-        if self._tasks:
-            _, pending = await asyncio.wait(self._tasks, timeout=timeout)
+        self.http.should_exit = True  # stop accepting; in-flight requests finish
+        waiting = [*self._tasks, *([self._http_task] if self._http_task else [])]
+        if waiting:
+            _, pending = await asyncio.wait(waiting, timeout=timeout)
             for task in pending:
                 task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await asyncio.gather(*waiting, return_exceptions=True)
         await self.publisher.close()
         if self._publisher_task is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):

@@ -6,6 +6,7 @@ naming the key path (`sources[0].receive_timeout: …`) or the missing secret va
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -60,7 +61,17 @@ class AmqpConfig(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
 
 
 class HttpConfig(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The webhook server (also /healthz, /readyz, /metrics)."""
+
     listen: str = "0.0.0.0:8080"
+    max_body_bytes: Annotated[int, Meta(ge=1024)] = 32 * 1024 * 1024
+    header_timeout: PositiveFloat = 10.0
+    body_timeout: PositiveFloat = 30.0
+    keepalive_timeout: PositiveFloat = 75.0
+    retry_after: Annotated[int, Meta(ge=1, le=3600)] = 5
+    drain_timeout: PositiveFloat = 15.0
+    allow_ips: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
 
 
 class PollConfig(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -117,6 +128,7 @@ class Settings(Struct, frozen=True, kw_only=True):
         return self.tokens[source.name]
 
 
+_URL_SAFE = re.compile(r"[A-Za-z0-9._~-]+")
 _TEMPLATE_FIELDS = frozenset({"provider", "instance", "event"})
 
 
@@ -137,6 +149,7 @@ def load(path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = No
     except msgspec.ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
     _check(config)
+    _check_http(config.http)
     return Settings(
         config=config,
         tokens=_resolve(config, env, "token"),
@@ -211,10 +224,26 @@ def _check(config: Config) -> None:
                 raise ConfigError(f"{at}.instance: a GREEN-API idInstance is digits only")
             if (src.token_env is None) == (src.token_file is None):
                 raise ConfigError(f"{at}: set exactly one of token_env or token_file")
+        if src.mode == "webhook" and src.provider == "greenapi" and not src.instance.isdigit():
+            raise ConfigError(f"{at}.instance: a GREEN-API idInstance is digits only")
         fields = set(re.findall(r"{([^{}]*)}", src.routing_key))
         if not fields <= _TEMPLATE_FIELDS:
             bad = ", ".join(sorted(fields - _TEMPLATE_FIELDS))
             raise ConfigError(f"{at}.routing_key: unknown placeholder {bad}")
+
+
+def _check_http(http: HttpConfig) -> None:
+    host, sep, port = http.listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"http.listen: must be HOST:PORT, got {http.listen!r}")
+    for key in ("allow_ips", "trusted_proxies"):
+        for i, value in enumerate(getattr(http, key)):
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"http.{key}[{i}]: not an IP address or network: {value!r}"
+                ) from None
 
 
 def _resolve(config: Config, env: Mapping[str, str], kind: str) -> dict[str, Secret]:
@@ -239,6 +268,10 @@ def _resolve(config: Config, env: Mapping[str, str], kind: str) -> dict[str, Sec
                 raise ConfigError(f"sources[{i}].{kind}_file: {file_name} is empty")
         else:
             continue
+        if kind == "token" and not _URL_SAFE.fullmatch(value):
+            raise ConfigError(
+                f"sources[{i}].{kind}: the token has characters a URL path cannot carry"
+            )
         out[src.name] = Secret(value)
     return out
 

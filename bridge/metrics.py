@@ -54,3 +54,9 @@ SOURCE_UP = Gauge(
     ["provider", "instance"],
     registry=REGISTRY,
 )
+WEBHOOK_RESPONSES = Counter(
+    "bridge_webhook_responses",
+    "Webhook requests answered, by provider and HTTP status",
+    ["provider", "status"],
+    registry=REGISTRY,
+)

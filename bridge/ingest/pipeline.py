@@ -20,6 +20,9 @@ from bridge.routing import Classified, routing_key
 
 log = logging.getLogger("bridge.ingest")
 
+#: Unknown event types remembered for the once-per-type WARN (bounded against hostile input).
+MAX_UNKNOWN_TRACKED = 10_000
+
 
 class Pipeline:
     def __init__(self, amqp: AmqpConfig, publisher: Publisher) -> None:
@@ -30,9 +33,25 @@ class Pipeline:
     def prepare(
         self, source: Source, body: bytes, *, ingest: str, receipt_id: int | None = None
     ) -> Outbound:
+        """A GREEN-API notification's message, or its quarantine message."""
+        try:
+            classified = greenapi.classify(body, source.instance)
+        except PayloadError as exc:
+            return self.quarantine(source, body, str(exc), ingest=ingest, receipt_id=receipt_id)
+        return self.outbound(source, body, classified, ingest=ingest, receipt_id=receipt_id)
+
+    def outbound(
+        self,
+        source: Source,
+        body: bytes,
+        classified: Classified,
+        *,
+        ingest: str,
+        receipt_id: int | None = None,
+    ) -> Outbound:
+        """The message for a classified notification (quarantined if its key cannot route)."""
         received_at_ms = int(time.time() * 1000)
         try:
-            classified = self._classify(source, body)
             key = routing_key(
                 source.routing_key,
                 provider=source.provider,
@@ -103,14 +122,9 @@ class Pipeline:
         PUBLISHED.labels(provider, out.event, "confirmed" if fresh else "duplicate").inc()
         return fresh
 
-    def _classify(self, source: Source, body: bytes) -> Classified:
-        if source.provider == "greenapi":
-            return greenapi.classify(body, source.instance)
-        raise PayloadError(f"no decoder for provider {source.provider}")
-
     def _note_unknown(self, source: Source, event: str) -> None:
         key = (source.provider, event)
-        if key in self._unknown_seen:
+        if key in self._unknown_seen or len(self._unknown_seen) >= MAX_UNKNOWN_TRACKED:
             return
         self._unknown_seen.add(key)
         log_event(

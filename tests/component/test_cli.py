@@ -98,6 +98,7 @@ def test_topology_conflict_is_a_config_error(tmp_path: Path) -> None:
         path.write_text(
             f'[amqp]\nurl = "{AMQP_URL}"\nexchange = "{names.exchange}"\n'
             f'unrouted_exchange = "{names.unrouted}"\ninvalid_exchange = "{names.invalid}"\n'
+            '[http]\nlisten = "127.0.0.1:0"\n'
         )
         result = bridge("run", "--config", str(path), "--log-format", "json")
         assert result.returncode == 2

@@ -87,6 +87,7 @@ def bridge_toml(
     receive_timeout: int = 5,
     extra: str = "",
     source_extra: str = "",
+    http_extra: str = "",
 ) -> tuple[str, dict[str, str]]:
     lines = [
         "[amqp]",
@@ -95,6 +96,9 @@ def bridge_toml(
         f'unrouted_exchange = "{names.unrouted}"',
         f'invalid_exchange = "{names.invalid}"',
         "confirm_timeout = 5",
+        "[http]",
+        'listen = "127.0.0.1:0"',
+        http_extra,
         "[poll]",
         "backoff_initial = 0.05",
         "backoff_max = 0.5",
