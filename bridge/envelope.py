@@ -38,6 +38,20 @@ def message_id(provider: str, instance: str, body: bytes) -> str:
     return digest.hexdigest()
 
 
+def _headers(
+    provider: str, instance: str, ingest: str, received_at_ms: int, receipt_id: int | None
+) -> Headers:
+    headers: Headers = {
+        "x-provider": provider,
+        "x-instance": instance,
+        "x-ingest": ingest,
+        "x-received-at": received_at_ms,
+    }
+    if receipt_id is not None:
+        headers["x-receipt-id"] = receipt_id
+    return headers
+
+
 def build(
     *,
     exchange: str,
@@ -50,28 +64,16 @@ def build(
     received_at_ms: int,
     receipt_id: int | None = None,
 ) -> Outbound:
-    headers: Headers = {
-        "x-provider": provider,
-        "x-instance": instance,
-        "x-event": classified.event,
-        "x-ingest": ingest,
-        "x-received-at": received_at_ms,
-    }
-    if receipt_id is not None:
-        headers["x-receipt-id"] = receipt_id
+    headers = _headers(provider, instance, ingest, received_at_ms, receipt_id)
+    headers["x-event"] = classified.event
     if classified.chat_id:
         headers["x-chat-id"] = classified.chat_id
     if classified.message_key:
         headers["x-message-key"] = classified.message_key
     return Outbound(
-        exchange=exchange,
-        routing_key=routing_key,
-        body=body,
-        message_id=message_id(provider, instance, body),
-        event=classified.event,
-        timestamp=classified.timestamp,
-        headers=headers,
-    )
+        exchange, routing_key, body, message_id(provider, instance, body),
+        classified.event, classified.timestamp, headers,
+    )  # fmt: skip
 
 
 def quarantine(
@@ -86,23 +88,10 @@ def quarantine(
     receipt_id: int | None = None,
 ) -> Outbound:
     """A raw body that did not decode, for the invalid exchange, with `x-error`."""
-    headers: Headers = {
-        "x-provider": provider,
-        "x-instance": instance,
-        "x-ingest": ingest,
-        "x-received-at": received_at_ms,
-        "x-error": error[:1000],
-    }
-    if receipt_id is not None:
-        headers["x-receipt-id"] = receipt_id
+    headers = _headers(provider, instance, ingest, received_at_ms, receipt_id)
+    headers["x-error"] = error[:1000]
     return Outbound(
-        exchange=exchange,
-        routing_key="invalid",
-        body=body,
-        message_id=message_id(provider, instance, body),
-        event="invalid",
-        timestamp=None,
-        headers=headers,
+        exchange, "invalid", body, message_id(provider, instance, body), "invalid", None, headers
     )
 
 

@@ -116,20 +116,26 @@ class Poller:
                     await sleep_unless(self._stop, delay)
                     continue
                 except Exception as exc:  # a bug must not silently end the source
-                    delay = self._backoff.delay(failures)
+                    await self._unexpected(exc, failures)
                     failures += 1
-                    log_event(
-                        log, logging.ERROR, "source.unexpected_error", exc,
-                        **self._fields(), error=type(exc).__name__, retry_in=round(delay, 2),
-                    )  # fmt: skip
-                    await sleep_unless(self._stop, delay)
                     continue
                 failures = 0
                 if received is not None:
-                    await self._handle(received)
+                    try:
+                        await self._handle(received)
+                    except Exception as exc:  # not deleted: the head comes back
+                        await self._unexpected(exc, 0)
         finally:
             if self.stopped_reason is None:
                 log_event(log, logging.INFO, "source.stopped", **self._fields())
+
+    async def _unexpected(self, exc: Exception, failures: int) -> None:
+        delay = self._backoff.delay(failures)
+        log_event(
+            log, logging.ERROR, "source.unexpected_error", exc,
+            **self._fields(), error=type(exc).__name__, retry_in=round(delay, 2),
+        )  # fmt: skip
+        await sleep_unless(self._stop, delay)
 
     async def _wait_broker(self) -> bool:
         """Pause (without receiving) until the broker is ready; False if stopped meanwhile."""

@@ -260,3 +260,21 @@ async def test_stop_abandons_a_pending_long_poll() -> None:
     await started.wait()
     poller.stop()
     await asyncio.wait_for(task, 1)
+
+
+async def test_a_bug_while_handling_does_not_end_the_source() -> None:
+    script = Script(head(21), head(21))
+    poller, stub, _ = make(script)
+    original = stub.publish
+    calls = 0
+
+    async def broken_once(out: Outbound) -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ValueError("a bug")
+        return await original(out)
+
+    stub.publish = broken_once  # type: ignore[method-assign]
+    await run_until(poller, lambda: bool(script.deleted))
+    assert script.deleted == ["21"] and len(stub.published) == 1
