@@ -68,6 +68,18 @@ def _parser() -> argparse.ArgumentParser:
     fake.add_argument("--latency", type=float, default=0.0, help="seconds added to every call")
     fake.set_defaults(handler=cmd_fake_provider)
 
+    from bridge.tools import configure, simulate
+
+    sim = sub.add_parser(
+        "simulate", help="post sample notifications to a bridge, as a provider would"
+    )
+    simulate.add_arguments(sim)
+    sim.set_defaults(handler=simulate.run)
+
+    conf = sub.add_parser("configure", help="write the webhook settings to the provider")
+    configure.add_arguments(conf)
+    conf.set_defaults(handler=configure.run)
+
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
     from bridge.bench.poll import add_arguments as add_poll_arguments
@@ -206,7 +218,15 @@ def cmd_fake_provider(args: argparse.Namespace) -> int:
             print(f"bridge: --instance wants ID:TOKEN, got {item!r}", file=sys.stderr)
             return EXIT_CONFIG
         instances.append((ident, token))
-    if not instances:
+    pairs: dict[str, list[tuple[str, str]]] = {"evolution": [], "chatapi": []}
+    for kind in pairs:
+        for item in getattr(args, kind):
+            name, sep, token = item.partition(":")
+            if not sep or not name or not token:
+                print(f"bridge: --{kind} wants NAME:TOKEN, got {item!r}", file=sys.stderr)
+                return EXIT_CONFIG
+            pairs[kind].append((name, token))
+    if not instances and not pairs["evolution"] and not pairs["chatapi"]:
         print("bridge: no instances: pass --config or --instance ID:TOKEN", file=sys.stderr)
         return EXIT_CONFIG
     _setup_logging(args, settings)
@@ -219,6 +239,8 @@ def cmd_fake_provider(args: argparse.Namespace) -> int:
             seed_samples=args.seed_samples,
             feed_interval=args.feed,
             latency=args.latency,
+            evolution=pairs["evolution"],
+            chatapi=pairs["chatapi"],
         )
 
     async def on_shutdown() -> None:

@@ -4,11 +4,16 @@ Provider calls (real GREEN-API URL shapes)::
 
     GET    /waInstance{id}/receiveNotification/{token}?receiveTimeout=N
     DELETE /waInstance{id}/deleteNotification/{token}/{receiptId}
+    GET    /waInstance{id}/getSettings/{token}          (when ``settings_api`` is on)
+    POST   /waInstance{id}/setSettings/{token}
 
 Each call is checked in this order: route (404), idInstance (400/403), token (401), rate limit
 per instance and method (429), parameters (400), then the next queued fault, the injected
-latency, and finally the real answer. Control calls live under ``/_control`` (see
-:mod:`bridge.fake.control`).
+latency, and finally the real answer. While an instance has a ``webhookUrl`` its queue is
+pushed and ``receiveNotification`` answers ``null``. Evolution's ``/webhook/set/{name}`` and
+``/webhook/find/{name}`` are served on the same port (:mod:`bridge.fake.evolution`). Control
+calls live under ``/_control`` (see :mod:`bridge.fake.control` and
+:mod:`bridge.fake.pushcontrol`).
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from http import HTTPStatus
 from typing import Any, Final
 
+from bridge.fake.chatapi import FakeChatApi
 from bridge.fake.control import handle_control
+from bridge.fake.evolution import FakeEvolution
 from bridge.fake.greenapi import (
     BadRequestError,
     FakeGreenApi,
@@ -28,6 +35,9 @@ from bridge.fake.greenapi import (
     parse_receipt_id,
     parse_receive_timeout,
 )
+from bridge.fake.pushcontrol import handle_push_control
+from bridge.fake.settings import SettingsError, encode_settings
+from bridge.httpserver import lifespan
 
 __all__ = ["DROP_LOG_MESSAGE", "ASGIApp", "create_app"]
 
@@ -42,6 +52,8 @@ _TEXT: Final = b"text/plain; charset=utf-8"
 _NULL: Final = b"null"
 _RESULT_TRUE: Final = b'{"result":true}'
 _RESULT_FALSE: Final = b'{"result":false}'
+_SAVED: Final = b'{"saveSettings":true}'
+_SETTINGS_ROUTES: Final = {"getSettings": "GET", "setSettings": "POST"}
 _QUOTA_BODY: Final = (
     b'{"invokeStatus":{"status":"QUOTE_EXCEEDED","description":"Monthly quota has been'
     b' exceeded. Please go to your personal account and change the tariff to business"},'
@@ -115,16 +127,6 @@ async def _until_disconnect(receive: Receive) -> None:
         pass
 
 
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-
-
 async def _read_body(receive: Receive) -> bytes | None:
     chunks = []
     while True:
@@ -136,11 +138,20 @@ async def _read_body(receive: Receive) -> bytes | None:
             return b"".join(chunks)
 
 
-class _FakeProvider:
-    __slots__ = ("state",)
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
 
-    def __init__(self, state: FakeGreenApi) -> None:
+
+class _FakeProvider:
+    __slots__ = ("chatapi", "evolution", "state")
+
+    def __init__(self, state: FakeGreenApi, evolution: FakeEvolution, chatapi: FakeChatApi) -> None:
         self.state = state
+        self.evolution = evolution
+        self.chatapi = chatapi
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -148,24 +159,43 @@ class _FakeProvider:
             path: str = scope["path"]
             if path.startswith("/waInstance"):
                 await self._provider(scope, receive, send)
-            elif path.startswith("/_control"):
+            elif path.startswith(("/_control", "/webhook/")):
                 body = await _read_body(receive)
                 if body is not None:
-                    status, answer = handle_control(self.state, scope["method"], path, body)
+                    status, answer = self._buffered(scope, path, body)
                     await _answer(send, status, answer)
             else:
                 await _answer(send, 404, b"Not Found", _TEXT)
         elif kind == "lifespan":
-            await _lifespan(receive, send)
+            await lifespan(receive, send)
+
+    def _buffered(self, scope: Scope, path: str, body: bytes) -> tuple[int, bytes]:
+        method: str = scope["method"]
+        if path.startswith("/webhook/"):
+            apikey = _header(scope, b"apikey")
+            return self.evolution.handle_api(method, path, apikey, body)
+        answer = handle_push_control(
+            method, path, body, green=self.state, evolution=self.evolution, chatapi=self.chatapi
+        )
+        if answer is not None:
+            return answer
+        status, result = handle_control(self.state, method, path, body)
+        if status == 200 and method == "POST" and path.rstrip("/") == "/_control/reset":
+            self.evolution.reset()
+            self.chatapi.reset()
+        return status, result
 
     async def _provider(self, scope: Scope, receive: Receive, send: Send) -> None:
         parts: list[str] = scope["path"].split("/")
         count = len(parts)
         method = scope["method"]
+        settings = False
         if count == 4 and parts[2] == "receiveNotification" and method == "GET":
             receiving = True
         elif count == 5 and parts[2] == "deleteNotification" and method == "DELETE":
             receiving = False
+        elif count == 4 and self.state.settings_api and _SETTINGS_ROUTES.get(parts[2]) == method:
+            receiving, settings = False, True
         else:
             await _answer(send, 404, b"Not Found", _TEXT)
             return
@@ -184,7 +214,9 @@ class _FakeProvider:
             else:
                 await _answer(send, 400, _bad_request("Parameter apiTokenInstance not define"))
             return
-        if receiving:
+        if settings:
+            await self._settings(instance, parts[2] == "setSettings", receive, send)
+        elif receiving:
             instance.begin_receive()
             try:
                 await self._receive(instance, scope, receive, send)
@@ -216,11 +248,11 @@ class _FakeProvider:
             await asyncio.sleep(fault.delay)
         deadline = loop.time() + timeout * self.state.timeout_scale
         while True:
-            head = instance.head()
+            head = instance.poll_head()
             if head is not None:
                 if latency > 0.0:
                     await asyncio.sleep(latency)
-                    head = instance.head()
+                    head = instance.poll_head()
                     if head is None:  # taken by an overlapping consumer meanwhile
                         continue
                 instance.delivered += 1
@@ -253,6 +285,29 @@ class _FakeProvider:
             await asyncio.sleep(fault.delay)
         await _answer(send, 200, _RESULT_TRUE if instance.delete(receipt_id) else _RESULT_FALSE)
 
+    async def _settings(
+        self, instance: Instance, setting: bool, receive: Receive, send: Send
+    ) -> None:
+        body = await _read_body(receive) if setting else b""
+        if body is None:
+            return
+        window = instance.set_settings_window if setting else instance.get_settings_window
+        if not window.admit(asyncio.get_running_loop().time()):
+            await _answer(send, 429, b"Too Many Requests", _TEXT)
+            return
+        latency = self.state.latency_for(instance)
+        if latency > 0.0:
+            await asyncio.sleep(latency)
+        if not setting:
+            await _answer(send, 200, encode_settings(instance.settings))
+            return
+        try:
+            self.state.set_settings(instance.id, body)
+        except SettingsError as exc:
+            await _answer(send, 400, _bad_request(str(exc)))
+            return
+        await _answer(send, 200, _SAVED)
+
 
 async def _wait(
     loop: asyncio.AbstractEventLoop, instance: Instance, timeout: float, receive: Receive
@@ -279,6 +334,12 @@ async def _wait(
     return False
 
 
-def create_app(state: FakeGreenApi) -> ASGIApp:
-    """The raw ASGI app serving the provider API and ``/_control`` over ``state``."""
-    return _FakeProvider(state)
+def create_app(
+    state: FakeGreenApi,
+    *,
+    evolution: FakeEvolution | None = None,
+    chatapi: FakeChatApi | None = None,
+) -> ASGIApp:
+    """The raw ASGI app serving the provider APIs and ``/_control`` over the states (an
+    Evolution or Chat API state left out is a new, empty one)."""
+    return _FakeProvider(state, evolution or FakeEvolution(), chatapi or FakeChatApi())

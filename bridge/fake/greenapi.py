@@ -1,8 +1,9 @@
 """State and pure logic of the fake GREEN-API notification queue.
 
 Everything here is synchronous: the per-instance FIFO, receipt handles, counters, the
-sliding-window rate limiter, the fault queue and the byte-level response builders. The ASGI
-shell in :mod:`bridge.fake.server` only awaits (long-poll waits, injected latency) and writes.
+sliding-window rate limiter, the fault queue, the settings and the byte-level response builders.
+The ASGI shell in :mod:`bridge.fake.server` only awaits (long-poll waits, injected latency) and
+writes; :mod:`bridge.fake.greenpush` pushes the FIFO of instances that have a ``webhookUrl``.
 
 The state belongs to the event loop that serves it: mutate it from that loop (or before the
 server starts), never from another thread.
@@ -12,11 +13,25 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import math
 from collections import deque
-from typing import Final, Literal
+from typing import Final
 
 import msgspec
+
+from bridge.fake.greenpush import GreenPushStats, ensure_pusher, push_stats
+from bridge.fake.push import PushCounters, PushHub
+from bridge.fake.settings import GreenSettings, apply_settings, default_settings
+from bridge.fake.wire import (
+    DEFAULT_RECEIVE_TIMEOUT,
+    METHODS,
+    BadRequestError,
+    Fault,
+    Method,
+    SlidingWindow,
+    notification_response,
+    parse_receipt_id,
+    parse_receive_timeout,
+)
 
 __all__ = [
     "DEFAULT_RECEIVE_TIMEOUT",
@@ -37,48 +52,11 @@ __all__ = [
     "parse_receive_timeout",
 ]
 
-Method = Literal["receive", "delete"]
-METHODS: Final[frozenset[Method]] = frozenset(("receive", "delete"))
-
-DEFAULT_RECEIVE_TIMEOUT: Final = 5
-MIN_RECEIVE_TIMEOUT: Final = 5
-MAX_RECEIVE_TIMEOUT: Final = 60
 FIRST_RECEIPT_ID: Final = 1_000_001
-
-
-class BadRequestError(ValueError):
-    """A provider request parameter is invalid; the message is the 400 body's ``message``."""
 
 
 class UnknownInstanceError(LookupError):
     """No instance with this id exists in the fake."""
-
-
-class Fault(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """An answer to substitute for the next ``count`` matching provider calls.
-
-    ``count == -1`` keeps the fault until the faults are cleared. ``delay`` is used by
-    ``slow``; ``status`` and ``body`` by ``status``.
-    """
-
-    kind: Literal["status", "quota", "slow", "drop", "empty"]
-    status: int = 500
-    count: int = 1
-    methods: frozenset[Method] = METHODS
-    delay: float = 0.0
-    body: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.count != -1 and self.count < 1:
-            raise ValueError("count must be -1 (until cleared) or at least 1")
-        if not self.methods:
-            raise ValueError("methods must name at least one of receive, delete")
-        if not (math.isfinite(self.delay) and 0.0 <= self.delay <= 600.0):
-            raise ValueError("delay must be between 0 and 600 seconds")
-        if self.kind == "status" and not 200 <= self.status <= 599:
-            raise ValueError("status must be between 200 and 599")
-        if self.kind == "slow" and self.delay <= 0.0:
-            raise ValueError("a slow fault needs a positive delay")
 
 
 class InstanceCounters(msgspec.Struct):
@@ -108,27 +86,6 @@ class Stats(msgspec.Struct):
     overlapped: bool
 
 
-class SlidingWindow:
-    """Admit at most ``limit`` events in any ``window``-second span; O(1) amortised."""
-
-    __slots__ = ("_limit", "_stamps", "_window")
-
-    def __init__(self, limit: int, window: float = 1.0) -> None:
-        self._limit = limit
-        self._window = window
-        self._stamps: deque[float] = deque()
-
-    def admit(self, now: float) -> bool:
-        stamps = self._stamps
-        edge = now - self._window
-        while stamps and stamps[0] <= edge:
-            stamps.popleft()
-        if len(stamps) >= self._limit:
-            return False
-        stamps.append(now)
-        return True
-
-
 class _ArmedFault:
     __slots__ = ("fault", "remaining")
 
@@ -148,18 +105,30 @@ class Instance:
         "delivered",
         "enqueued",
         "faults",
+        "get_settings_window",
         "id",
         "in_flight",
         "latency",
         "overlapped",
+        "push_counts",
+        "pusher",
         "queue",
         "receive_window",
         "receives",
+        "set_settings_window",
+        "settings",
         "token",
         "waiters",
     )
 
-    def __init__(self, id: str, token: str, latency: float | None, rate_limit: int) -> None:
+    def __init__(
+        self,
+        id: str,
+        token: str,
+        latency: float | None,
+        rate_limit: int,
+        settings_rate_limit: int = 1,
+    ) -> None:
         self.id = id
         self.token = token
         self.latency = latency
@@ -176,9 +145,18 @@ class Instance:
         self.overlapped = False
         self.closed = False
         self.deleted_receipts: list[int] = []
+        self.settings = default_settings(id)
+        self.get_settings_window = SlidingWindow(settings_rate_limit)
+        self.set_settings_window = SlidingWindow(settings_rate_limit)
+        self.push_counts = PushCounters(serial=True)
+        self.pusher: asyncio.Task[None] | None = None
 
     def head(self) -> tuple[int, bytes] | None:
         return self.queue[0] if self.queue else None
+
+    def poll_head(self) -> tuple[int, bytes] | None:
+        """The head as receiveNotification sees it: none while the instance pushes."""
+        return None if self.settings.pushing or not self.queue else self.queue[0]
 
     def push(self, receipt_id: int, raw: bytes) -> None:
         self.queue.append((receipt_id, raw))
@@ -238,6 +216,9 @@ class FakeGreenApi:
 
     ``timeout_scale`` multiplies every long-poll wait (tests use 0.01 so that the documented
     ``receiveTimeout`` range 5..60 stays enforced while an empty poll lasts milliseconds).
+    ``settings_api`` serves ``getSettings``/``setSettings`` (limited to ``settings_rate_limit``
+    calls per second per instance and method); ``push_timeout`` and ``push_pause`` are the
+    webhook pusher's wait for an answer (real 180 s) and pause before resending (real 60 s).
     """
 
     def __init__(
@@ -246,13 +227,22 @@ class FakeGreenApi:
         latency: float = 0.0,
         timeout_scale: float = 1.0,
         rate_limit: int = 100,
+        settings_api: bool = True,
+        settings_rate_limit: int = 1,
+        push_timeout: float = 180.0,
+        push_pause: float = 60.0,
     ) -> None:
         self.latency = latency
         self.timeout_scale = timeout_scale
         self.rate_limit = rate_limit
+        self.settings_api = settings_api
+        self.settings_rate_limit = settings_rate_limit
+        self.push_timeout = push_timeout
+        self.push_pause = push_pause
         self.instances: dict[str, Instance] = {}
         self._receipts = itertools.count(FIRST_RECEIPT_ID)
         self.draining = False
+        self._hub: PushHub | None = None
 
     def add_instance(self, id: str, token: str, latency: float | None = None) -> bool:
         """Create an instance; ``latency=None`` follows the global latency.
@@ -267,7 +257,7 @@ class FakeGreenApi:
             if latency is not None:
                 existing.latency = latency
             return False
-        self.instances[id] = Instance(id, token, latency, self.rate_limit)
+        self.instances[id] = Instance(id, token, latency, self.rate_limit, self.settings_rate_limit)
         return True
 
     def instance(self, id: str) -> Instance:
@@ -328,6 +318,36 @@ class FakeGreenApi:
             overlapped=any(c.overlapped for c in values),
         )
 
+    def settings(self, id: str) -> GreenSettings:
+        return self.instance(id).settings
+
+    def set_settings(self, id: str, body: bytes) -> GreenSettings:
+        """Apply a setSettings JSON body (SettingsError when unusable), switching the instance
+        between polling and push as ``webhookUrl`` says; returns the new settings."""
+        instance = self.instance(id)
+        instance.settings = apply_settings(instance.settings, body)
+        instance.wake()  # long polls and an idle pusher look at the mode again
+        if self._hub is not None:
+            ensure_pusher(self, instance, self._hub)
+        return instance.settings
+
+    def set_webhook(self, id: str, url: str, token: str = "") -> GreenSettings:
+        """``set_settings`` with ``webhookUrl`` and ``webhookUrlToken``; ``url=""`` polls."""
+        body = msgspec.json.encode({"webhookUrl": url, "webhookUrlToken": token})
+        return self.set_settings(id, body)
+
+    def push_stats(self, id: str) -> GreenPushStats:
+        return push_stats(self.instance(id))
+
+    def attach(self, hub: PushHub) -> None:
+        """Push from now on through ``hub`` (the server calls this when it starts)."""
+        self._hub = hub
+        for instance in self.instances.values():
+            ensure_pusher(self, instance, hub)
+
+    def detach(self) -> None:
+        self._hub = None
+
     def release_waiters(self) -> None:
         """Answer every pending long poll now (``null``) and every later one at once."""
         self.draining = True
@@ -335,45 +355,16 @@ class FakeGreenApi:
             instance.wake()
 
     def reset(self) -> None:
-        """Forget all instances, faults and the global latency; pending polls answer null.
+        """Forget all instances, faults and the global latency; pending polls answer null and
+        pushers stop.
 
         receiptIds keep increasing, so a handle from before the reset never matches again.
         """
         for instance in self.instances.values():
             instance.closed = True
+            if instance.pusher is not None:
+                instance.pusher.cancel()
             instance.wake()
         self.instances = {}
         self.latency = 0.0
         self.draining = False
-
-
-def parse_receive_timeout(query_string: bytes) -> int:
-    """``receiveTimeout`` from a raw query string: integer 5..60, default 5."""
-    if not query_string:
-        return DEFAULT_RECEIVE_TIMEOUT
-    value: str | None = None
-    for pair in query_string.decode("latin-1").split("&"):
-        name, _, raw = pair.partition("=")
-        if name == "receiveTimeout":
-            value = raw
-    if value is None:
-        return DEFAULT_RECEIVE_TIMEOUT
-    if not (value.isascii() and value.isdigit()) or not (
-        MIN_RECEIVE_TIMEOUT <= int(value) <= MAX_RECEIVE_TIMEOUT
-    ):
-        raise BadRequestError(
-            f"Parameter receiveTimeout must be an integer from {MIN_RECEIVE_TIMEOUT}"
-            f" to {MAX_RECEIVE_TIMEOUT}"
-        )
-    return int(value)
-
-
-def parse_receipt_id(segment: str) -> int:
-    if not (segment.isascii() and segment.isdigit()) or len(segment) > 19:
-        raise BadRequestError("Parameter receiptId must be a Number")
-    return int(segment)
-
-
-def notification_response(receipt_id: int, raw: bytes) -> bytes:
-    """The receiveNotification body, splicing the stored bytes unchanged."""
-    return b'{"receiptId":%d,"body":%b}' % (receipt_id, raw)

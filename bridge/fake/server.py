@@ -2,7 +2,9 @@
 
 ``serve`` binds, serves until cancelled, then answers every pending long poll with ``null`` and
 lets uvicorn drain (its ``Server.shutdown`` is the model). Signal capture is off: signals belong
-to the process's root coroutine.
+to the process's root coroutine. While it serves, one :class:`~bridge.fake.push.PushHub` runs
+the webhook pushers of all three providers; stopping the server cancels them and closes the
+hub's HTTP client.
 """
 
 from __future__ import annotations
@@ -12,14 +14,17 @@ import contextlib
 import itertools
 import logging
 import socket
-from collections.abc import Generator
 from typing import Final
 
 import uvicorn
 
 from bridge.fake.app import DROP_LOG_MESSAGE, create_app
+from bridge.fake.chatapi import FakeChatApi
+from bridge.fake.evolution import FakeEvolution
 from bridge.fake.greenapi import FakeGreenApi
+from bridge.fake.push import PushHub
 from bridge.fake.samples import renumbered, sample_notifications
+from bridge.httpserver import EmbeddedServer, bind
 
 __all__ = ["create_app", "parse_listen", "run_fake_provider", "serve", "serve_socket"]
 
@@ -35,54 +40,38 @@ class _QuietDrops(logging.Filter):
         return record.msg != DROP_LOG_MESSAGE
 
 
-class _EmbeddedServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, ready: asyncio.Event | None) -> None:
-        super().__init__(config)
-        self._ready = ready
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield  # signals belong to the process's root coroutine, not to this server
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        if self.started and self._ready is not None:
-            self._ready.set()
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket; ``proto`` must be TCP for asyncio to set TCP_NODELAY."""
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
-    )[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(2048)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
 async def serve(
-    state: FakeGreenApi, host: str, port: int, *, ready: asyncio.Event | None = None
+    state: FakeGreenApi,
+    host: str,
+    port: int,
+    *,
+    ready: asyncio.Event | None = None,
+    evolution: FakeEvolution | None = None,
+    chatapi: FakeChatApi | None = None,
 ) -> None:
     """Serve ``state`` on host:port until cancelled, then drain long polls and shut down."""
-    await serve_socket(state, _bind(host, port), ready=ready)
+    await serve_socket(state, bind(host, port), ready=ready, evolution=evolution, chatapi=chatapi)
 
 
 async def serve_socket(
-    state: FakeGreenApi, sock: socket.socket, *, ready: asyncio.Event | None = None
+    state: FakeGreenApi,
+    sock: socket.socket,
+    *,
+    ready: asyncio.Event | None = None,
+    evolution: FakeEvolution | None = None,
+    chatapi: FakeChatApi | None = None,
 ) -> None:
-    """Like :func:`serve` on an already bound socket (port 0 lets the OS choose)."""
+    """Like :func:`serve` on an already bound socket (port 0 lets the OS choose).
+
+    ``evolution`` and ``chatapi`` are served and pushed too (new empty ones when left out,
+    reachable through the control API only).
+    """
+    evolution = evolution or FakeEvolution()
+    chatapi = chatapi or FakeChatApi()
     host, port = sock.getsockname()[:2]
-    # Accepted sockets inherit this on Linux; without it Nagle's algorithm and delayed ACKs
-    # add ~40 ms to every answer, as uvicorn writes the head and the body separately.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # see bridge.httpserver.bind
     config = uvicorn.Config(
-        create_app(state),
+        create_app(state, evolution=evolution, chatapi=chatapi),
         host=host,
         port=port,
         log_level="warning",
@@ -93,11 +82,15 @@ async def serve_socket(
         http="httptools",
         timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN,
     )
-    server = _EmbeddedServer(config, ready)
+    server = EmbeddedServer(config, ready)
     quiet = _QuietDrops()
     uvicorn_logger = logging.getLogger("uvicorn.error")
     uvicorn_logger.addFilter(quiet)
     state.draining = False
+    hub = PushHub()
+    providers = (state, evolution, chatapi)
+    for provider in providers:
+        provider.attach(hub)
     task = asyncio.ensure_future(server.serve(sockets=[sock]))
     try:
         await asyncio.shield(task)
@@ -108,6 +101,9 @@ async def serve_socket(
             await task
         raise
     finally:
+        for provider in providers:
+            provider.detach()
+        await hub.aclose()
         uvicorn_logger.removeFilter(quiet)
         sock.close()
 
@@ -142,8 +138,17 @@ async def run_fake_provider(
     seed_samples: bool,
     feed_interval: float | None,
     latency: float,
+    evolution: list[tuple[str, str]] | None = None,
+    chatapi: list[tuple[str, str]] | None = None,
+    evolution_api_key: str | None = None,
 ) -> None:
-    """Build the fake's state, optionally seed and feed samples, and serve until cancelled."""
+    """Build the fake's state, optionally seed and feed samples, and serve until cancelled.
+
+    ``instances`` are GREEN-API ``(id, token)`` pairs (polling until a ``webhookUrl`` is set
+    through ``setSettings``); ``evolution`` holds ``(name, token)`` pairs of Evolution v2
+    instances (``evolution_api_key`` is the global ``apikey``), ``chatapi`` ``(id, token)``
+    pairs of Chat API instances (configured through the control API).
+    """
     host, port = parse_listen(listen)
     state = FakeGreenApi(latency=latency)
     ids = []
@@ -152,12 +157,24 @@ async def run_fake_provider(
             raise ValueError(f"instance must be DIGITS:TOKEN, got id {id!r}")
         state.add_instance(id, token)
         ids.append(id)
+    evolution_state = FakeEvolution(api_key=evolution_api_key)
+    for name, token in evolution or []:
+        if not name or "/" in name or not token:
+            raise ValueError(f"evolution instance must be NAME:TOKEN, got name {name!r}")
+        evolution_state.add_instance(name, token)
+    chatapi_state = FakeChatApi()
+    for id, token in chatapi or []:
+        if not id or "/" in id or not token:
+            raise ValueError(f"chatapi instance must be ID:TOKEN, got id {id!r}")
+        chatapi_state.add_instance(id, token)
     samples = sample_notifications()
     if seed_samples:
         for id in ids:
             state.enqueue_many(id, samples)
     ready = asyncio.Event()
-    server = asyncio.create_task(serve(state, host, port, ready=ready))
+    server = asyncio.create_task(
+        serve(state, host, port, ready=ready, evolution=evolution_state, chatapi=chatapi_state)
+    )
     started = asyncio.create_task(ready.wait())
     feeder: asyncio.Task[None] | None = None
     try:
@@ -166,10 +183,13 @@ async def run_fake_provider(
             await server  # it ended before listening: raise its error
             return
         logger.info(
-            "event=fake.started listen=%s:%d instances=%s seeded=%d feed_interval=%s latency=%s",
+            "event=fake.started listen=%s:%d instances=%s evolution=%s chatapi=%s seeded=%d"
+            " feed_interval=%s latency=%s",
             host,
             port,
             _describe(ids),
+            _describe(list(evolution_state.instances)),
+            _describe(list(chatapi_state.instances)),
             len(samples) if seed_samples else 0,
             feed_interval,
             latency,

@@ -29,6 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from bridge.config import HttpConfig, Settings, Source
 from bridge.envelope import Outbound
 from bridge.errors import PayloadError, PublishError
+from bridge.httpserver import lifespan
 from bridge.ingest.pipeline import Pipeline
 from bridge.logs import log_event
 from bridge.metrics import ACKNOWLEDGED, RECEIVED, REGISTRY, WEBHOOK_RESPONSES
@@ -95,7 +96,7 @@ class Webhooks:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "lifespan":
-            await _lifespan(receive, send)
+            await lifespan(receive, send)
             return
         if kind != "http":
             return
@@ -368,13 +369,3 @@ async def _answer(
         }
     )
     await send({"type": "http.response.body", "body": body})
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return

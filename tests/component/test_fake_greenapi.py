@@ -202,7 +202,7 @@ async def test_a_client_that_leaves_a_long_poll_is_no_longer_in_flight(
         ("GET", f"{RECEIVE}?receiveTimeout=abc", 400, b"receiveTimeout"),
         ("POST", RECEIVE, 404, b"Not Found"),
         ("GET", f"{DELETE}/1", 404, b"Not Found"),
-        ("GET", f"/waInstance{ID}/getSettings/{TOKEN}", 404, b"Not Found"),
+        ("GET", f"/waInstance{ID}/sendMessage/{TOKEN}", 404, b"Not Found"),
         ("GET", "/", 404, b"Not Found"),
     ],
 )

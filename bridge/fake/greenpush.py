@@ -1,0 +1,102 @@
+"""GREEN-API's webhook pusher: one request at a time per instance, the head until it gets 200.
+
+While an instance's ``webhookUrl`` is non-empty its FIFO is pushed instead of served to
+``receiveNotification``: POST the head's raw bytes to the URL (``Authorization: Bearer
+<webhookUrlToken>`` when the token is set); exactly HTTP 200 removes the head; anything else
+(another status, a connection error, no answer within ``push_timeout``, real 180 s) pauses
+``push_pause`` (real 60 s) and sends the same notification again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Final
+
+import msgspec
+
+from bridge.fake.push import PushHub, PushStats, post_once
+
+if TYPE_CHECKING:
+    from bridge.fake.greenapi import FakeGreenApi, Instance
+
+__all__ = ["GreenPushStats", "ensure_pusher", "push_headers"]
+
+logger = logging.getLogger("bridge.fake")
+
+_JSON: Final = "application/json"
+
+
+class GreenPushStats(PushStats):
+    pushing: bool
+    outstanding: int
+    deleted_receipts: list[int]
+
+
+def push_headers(token: str) -> dict[str, str]:
+    headers = {"Content-Type": _JSON}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return headers
+
+
+def ensure_pusher(state: FakeGreenApi, instance: Instance, hub: PushHub) -> None:
+    """Start the instance's pusher if it is in push mode and none runs (never two)."""
+    if instance.closed or not instance.settings.pushing or hub.closed:
+        return
+    if instance.pusher is not None and not instance.pusher.done():
+        return
+    instance.pusher = hub.spawn(_push_loop(state, instance, hub), f"greenapi-push-{instance.id}")
+
+
+async def _wait_for_work(instance: Instance) -> None:
+    waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    instance.waiters.add(waiter)
+    try:
+        await waiter
+    finally:
+        instance.waiters.discard(waiter)
+
+
+async def _push_loop(state: FakeGreenApi, instance: Instance, hub: PushHub) -> None:
+    counters = instance.push_counts
+    while not instance.closed and instance.settings.pushing:
+        head = instance.head()
+        if head is None:
+            await _wait_for_work(instance)
+            continue
+        receipt_id, raw = head
+        settings = instance.settings
+        counters.begin()
+        outcome = "cancelled"
+        try:
+            status, outcome = await post_once(
+                hub.client,
+                settings.webhookUrl,
+                raw,
+                push_headers(settings.webhookUrlToken),
+                state.push_timeout,
+            )
+        finally:
+            counters.end(outcome)
+        if status == 200:
+            counters.successes += 1
+            instance.delete(receipt_id)
+            continue
+        counters.failures += 1
+        logger.debug(
+            "event=fake.push_failed provider=greenapi instance=%s outcome=%s",
+            instance.id,
+            outcome,
+        )
+        await asyncio.sleep(state.push_pause)
+
+
+def push_stats(instance: Instance) -> GreenPushStats:
+    snapshot = instance.push_counts.snapshot()
+    return GreenPushStats(
+        **msgspec.structs.asdict(snapshot),
+        pushing=instance.settings.pushing,
+        outstanding=len(instance.queue),
+        deleted_receipts=list(instance.deleted_receipts),
+    )

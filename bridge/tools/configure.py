@@ -1,0 +1,320 @@
+"""`bridge configure`: write the bridge's webhook settings to the provider.
+
+GREEN-API: ``POST {api}/waInstance{id}/setSettings/{token}`` with ``webhookUrl``,
+``webhookUrlToken`` and the notification toggles, then ``getSettings`` to show what is stored.
+Evolution: ``POST {api}/webhook/set/{instance}`` (header ``apikey``) with the v2 nested body,
+or the flat v1 body with ``--v1``. Secrets come from environment variables and are masked in
+everything printed; provider errors are shown with the provider's own message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, Final
+from urllib.parse import quote
+
+import httpx
+
+from bridge.fake.evolution_push import config_name
+from bridge.fake.settings import TOGGLES
+
+__all__ = [
+    "DEFAULT_TOGGLES",
+    "ConfigureError",
+    "add_arguments",
+    "evolution_body",
+    "greenapi_body",
+    "mask_evolution",
+    "provider_message",
+    "run",
+]
+
+DEFAULT_TOGGLES: Final = (
+    "incomingWebhook",
+    "outgoingWebhook",
+    "outgoingMessageWebhook",
+    "outgoingAPIMessageWebhook",
+    "stateWebhook",
+    "incomingCallWebhook",
+)
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+_MASK: Final = "***"
+_RATE_LIMIT_RETRIES: Final = 3
+
+
+class ConfigureError(Exception):
+    """Something to tell the user, then exit with ``code``."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="configure_provider", required=True, metavar="PROVIDER")
+    green = sub.add_parser("greenapi", help="GREEN-API setSettings (webhookUrl, token, toggles)")
+    green.add_argument("--api-url", required=True, help="e.g. https://1101.api.greenapi.com")
+    green.add_argument("--instance", required=True, help="idInstance")
+    green.add_argument(
+        "--token-env", required=True, metavar="VAR", help="env var: apiTokenInstance"
+    )
+    green.add_argument("--webhook-url", required=True, help='the bridge\'s URL ("" = polling)')
+    green.add_argument("--webhook-token-env", metavar="VAR", help="env var: webhookUrlToken")
+    green.add_argument(
+        "--enable", type=_names, default=[], metavar="A,B", help="toggles to set to yes"
+    )
+    green.add_argument(
+        "--disable", type=_names, default=[], metavar="A,B", help="toggles to set to no"
+    )
+    green.add_argument("--timeout", type=float, default=30.0, help="seconds per request (30)")
+
+    evolution = sub.add_parser("evolution", help="Evolution API webhook/set")
+    evolution.add_argument("--api-url", required=True, help="e.g. https://evolution.example.com")
+    evolution.add_argument("--instance", required=True, help="the instance name")
+    evolution.add_argument("--apikey-env", required=True, metavar="VAR", help="env var: apikey")
+    evolution.add_argument("--webhook-url", required=True, help="the bridge's webhook URL")
+    evolution.add_argument("--webhook-token-env", metavar="VAR", help="env var: webhook token")
+    evolution.add_argument("--by-events", action="store_true", help="one URL suffix per event")
+    evolution.add_argument(
+        "--events", type=_names, default=[], metavar="A,B", help="events (default: all)"
+    )
+    evolution.add_argument("--v1", action="store_true", help="Evolution 1.x flat body")
+    evolution.add_argument("--timeout", type=float, default=30.0, help="seconds per request (30)")
+
+
+# --- pure pieces ---------------------------------------------------------------------------------
+
+
+def greenapi_body(
+    webhook_url: str, webhook_token: str, enable: list[str], disable: list[str]
+) -> dict[str, str]:
+    """The setSettings body: the webhook, the default toggles on, then --enable/--disable."""
+    unknown = sorted({*enable, *disable} - set(TOGGLES))
+    if unknown:
+        raise ConfigureError(
+            f"unknown toggle(s) {', '.join(unknown)}; known: {', '.join(TOGGLES)}", EXIT_USAGE
+        )
+    both = sorted(set(enable) & set(disable))
+    if both:
+        raise ConfigureError(f"both enabled and disabled: {', '.join(both)}", EXIT_USAGE)
+    body = {"webhookUrl": webhook_url, "webhookUrlToken": webhook_token}
+    for name in (*DEFAULT_TOGGLES, *enable):
+        body[name] = "yes"
+    for name in disable:
+        body[name] = "no"
+    return body
+
+
+def evolution_body(
+    webhook_url: str, webhook_token: str, *, by_events: bool, events: list[str], v1: bool
+) -> dict[str, Any]:
+    """The webhook/set body: v2 nested (token as ``authorization: Bearer``) or v1 flat."""
+    names = [config_name(event) for event in events]
+    if v1:
+        return {
+            "enabled": True,
+            "url": webhook_url,
+            "webhook_by_events": by_events,
+            "webhook_base64": False,
+            "events": names,
+        }
+    headers = {"authorization": f"Bearer {webhook_token}"} if webhook_token else {}
+    webhook = {
+        "enabled": True,
+        "url": webhook_url,
+        "headers": headers,
+        "byEvents": by_events,
+        "base64": False,
+        "events": names,
+    }
+    return {"webhook": webhook}
+
+
+def mask_evolution(stored: Any) -> Any:
+    """The stored webhook with every header value masked."""
+    if not isinstance(stored, dict):
+        return stored
+    masked: dict[str, Any] = {}
+    for key, value in stored.items():
+        if key == "headers" and isinstance(value, dict):
+            masked[key] = dict.fromkeys(value, _MASK)
+        else:
+            masked[key] = mask_evolution(value)
+    return masked
+
+
+def _flatten(value: Any) -> list[str]:
+    if isinstance(value, list):
+        return [text for item in value for text in _flatten(item)]
+    return [] if value is None else [str(value)]
+
+
+def provider_message(response: httpx.Response) -> str:
+    """The provider's error text: Evolution's ``response.message``, GREEN-API's ``message``,
+    or the body itself (shortened)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:300] or response.reason_phrase
+    if isinstance(body, dict):
+        inner = body.get("response")
+        if isinstance(inner, dict) and "message" in inner:
+            return "; ".join(_flatten(inner["message"]))
+        if "message" in body:
+            return "; ".join(_flatten(body["message"]))
+    return json.dumps(body)[:300]
+
+
+# --- I/O -----------------------------------------------------------------------------------------
+
+
+def _secret(var: str | None, what: str, *, required: bool) -> str:
+    if var is None:
+        if required:
+            raise ConfigureError(f"{what} is required", EXIT_USAGE)
+        return ""
+    value = os.environ.get(var, "")
+    if not value:
+        raise ConfigureError(f"environment variable {var} ({what}) is not set", EXIT_USAGE)
+    return value
+
+
+def _request(send: Callable[[], httpx.Response], what: str, secrets: list[str]) -> httpx.Response:
+    """One call, repeated after a second on 429 (GREEN-API allows 1 settings call/s)."""
+    for attempt in range(_RATE_LIMIT_RETRIES + 1):
+        try:
+            response = send()
+        except httpx.HTTPError as exc:
+            raise ConfigureError(f"{what} failed: {_redact(_describe(exc), secrets)}") from None
+        if response.status_code != 429 or attempt == _RATE_LIMIT_RETRIES:
+            return response
+        time.sleep(1.0)
+    raise AssertionError("unreachable")
+
+
+def _describe(exc: httpx.HTTPError) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _redact(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, _MASK).replace(quote(secret, safe=""), _MASK)
+    return text
+
+
+def _greenapi_failure(response: httpx.Response, what: str, instance: str) -> ConfigureError:
+    status, message = response.status_code, provider_message(response)
+    hints = {
+        401: "GREEN-API rejected the token: check --token-env",
+        403: f"instance {instance} is unknown to this API host or not yours",
+        404: "no such method here: check --api-url",
+        429: "rate limited (1 settings call per second): try again",
+        466: "the instance's quota is exceeded",
+    }
+    hint = hints.get(status, "")
+    text = f"{what} answered {status} {response.reason_phrase}: {message}"
+    return ConfigureError(f"{text}" + (f" ({hint})" if hint else ""))
+
+
+def _configure_greenapi(args: argparse.Namespace, client: httpx.Client) -> int:
+    token = _secret(args.token_env, "--token-env", required=True)
+    webhook_token = _secret(args.webhook_token_env, "--webhook-token-env", required=False)
+    body = greenapi_body(args.webhook_url, webhook_token, args.enable, args.disable)
+    secrets = [token, webhook_token]
+    base = f"{args.api_url.rstrip('/')}/waInstance{quote(args.instance, safe='')}"
+    path_token = quote(token, safe="")
+    response = _request(
+        lambda: client.post(f"{base}/setSettings/{path_token}", json=body), "setSettings", secrets
+    )
+    if response.status_code != 200:
+        raise _greenapi_failure(response, "setSettings", args.instance)
+    try:
+        saved = response.json()
+    except ValueError:
+        saved = None
+    if saved != {"saveSettings": True}:
+        raise ConfigureError(f"setSettings did not save: {_redact(response.text[:300], secrets)}")
+    response = _request(
+        lambda: client.get(f"{base}/getSettings/{path_token}"), "getSettings", secrets
+    )
+    if response.status_code != 200:
+        raise _greenapi_failure(response, "getSettings", args.instance)
+    settings = response.json()
+    print(f"GREEN-API instance {args.instance}: settings saved; getSettings now shows:")
+    for key, value in settings.items():
+        shown = value
+        if key == "webhookUrlToken":
+            shown = f"{_MASK} (set)" if value else "(empty: no Authorization header)"
+        print(f"  {key:<36} {_redact(str(shown), secrets)}")
+    if not webhook_token and args.webhook_url:
+        print("warning: no webhookUrlToken: the bridge expects one", file=sys.stderr)
+    if settings.get("webhookUrl") != args.webhook_url:
+        print("note: getSettings does not show the new webhookUrl yet", file=sys.stderr)
+    print(
+        "note: GREEN-API applies settings within about 5 minutes and reboots the instance;"
+        " notifications queue meanwhile",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _evolution_failure(response: httpx.Response, v1: bool) -> ConfigureError:
+    status, message = response.status_code, provider_message(response)
+    hint = ""
+    if status == 401:
+        hint = "Evolution rejected the apikey: check --apikey-env"
+    elif status == 404:
+        hint = "check --instance and --api-url"
+    elif status == 400 and not v1 and "url" in message and "webhook" not in message:
+        hint = "this looks like Evolution 1.x: add --v1"
+    elif status == 400 and v1 and 'requires property "webhook"' in message:
+        hint = "this looks like Evolution 2.x: drop --v1"
+    text = f"webhook/set answered {status} {response.reason_phrase}: {message}"
+    return ConfigureError(text + (f" ({hint})" if hint else ""))
+
+
+def _configure_evolution(args: argparse.Namespace, client: httpx.Client) -> int:
+    apikey = _secret(args.apikey_env, "--apikey-env", required=True)
+    webhook_token = _secret(args.webhook_token_env, "--webhook-token-env", required=False)
+    if args.v1 and webhook_token:
+        print(
+            "warning: Evolution 1.x sends no custom headers: the webhook token is not sent",
+            file=sys.stderr,
+        )
+    body = evolution_body(
+        args.webhook_url, webhook_token, by_events=args.by_events, events=args.events, v1=args.v1
+    )
+    url = f"{args.api_url.rstrip('/')}/webhook/set/{quote(args.instance, safe='')}"
+    secrets = [apikey, webhook_token]
+    response = _request(
+        lambda: client.post(url, json=body, headers={"apikey": apikey}), "webhook/set", secrets
+    )
+    if not 200 <= response.status_code < 300:
+        raise _evolution_failure(response, args.v1)
+    stored = mask_evolution(response.json())
+    version = "1.x" if args.v1 else "2.x"
+    print(f"Evolution {version} instance {args.instance}: webhook stored:")
+    print(_redact(json.dumps(stored, indent=2, ensure_ascii=False), secrets))
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        with httpx.Client(timeout=args.timeout) as client:
+            if args.configure_provider == "greenapi":
+                return _configure_greenapi(args, client)
+            return _configure_evolution(args, client)
+    except ConfigureError as exc:
+        print(f"bridge configure: {exc}", file=sys.stderr)
+        return exc.code
