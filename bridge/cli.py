@@ -219,13 +219,13 @@ def cmd_fake_provider(args: argparse.Namespace) -> int:
             return EXIT_CONFIG
         instances.append((ident, token))
     pairs: dict[str, list[tuple[str, str]]] = {"evolution": [], "chatapi": []}
-    for kind in pairs:
+    for kind, found in pairs.items():
         for item in getattr(args, kind):
             name, sep, token = item.partition(":")
             if not sep or not name or not token:
                 print(f"bridge: --{kind} wants NAME:TOKEN, got {item!r}", file=sys.stderr)
                 return EXIT_CONFIG
-            pairs[kind].append((name, token))
+            found.append((name, token))
     if not instances and not pairs["evolution"] and not pairs["chatapi"]:
         print("bridge: no instances: pass --config or --instance ID:TOKEN", file=sys.stderr)
         return EXIT_CONFIG
