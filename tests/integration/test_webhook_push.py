@@ -1,0 +1,153 @@
+"""Providers pushing webhooks (the fake provider's pushers) into a live bridge and RabbitMQ."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aio_pika
+import pytest
+
+from bridge.app import Service
+from tests.conftest import AMQP_URL
+from tests.support.harness import (
+    Names,
+    collector,
+    delete_topology,
+    fake_greenapi,
+    settings_for,
+    wait_until,
+)
+from tests.support.rabbitnode import RabbitNode
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+HOOK_TOKEN = "push-hook-token-0123456789"
+
+
+def webhook_config(names: Names, instances: list[str], amqp_url: str) -> str:
+    lines = [
+        "[amqp]", f'url = "{amqp_url}"', f'exchange = "{names.exchange}"',
+        f'unrouted_exchange = "{names.unrouted}"', f'invalid_exchange = "{names.invalid}"',
+        "confirm_timeout = 3", "[http]", 'listen = "127.0.0.1:0"', "retry_after = 1",
+    ]  # fmt: skip
+    for ident in instances:
+        lines += [
+            "[[sources]]",
+            'provider = "greenapi"',
+            'mode = "webhook"',
+            f'instance = "{ident}"',
+            'webhook_token_env = "HOOK"',
+        ]
+    return "\n".join(lines) + "\n"
+
+
+@contextlib.asynccontextmanager
+async def bridge(
+    tmp_path: Path, names: Names, instances: list[str], amqp_url: str
+) -> AsyncIterator[Service]:
+    service = Service(
+        settings_for(tmp_path, webhook_config(names, instances, amqp_url), {"HOOK": HOOK_TOKEN})
+    )
+    task = asyncio.create_task(service.run())
+    try:
+        await asyncio.wait_for(service.http.listening.wait(), 10)
+        yield service
+    finally:
+        await service.shutdown()
+        await asyncio.wait_for(task, 30)
+
+
+def notes(ident: str, count: int) -> list[bytes]:
+    return [
+        json.dumps({"typeWebhook": "incomingMessageReceived", "instanceData": {"idInstance": int(ident)},
+                    "idMessage": f"{ident}-{n:04d}", "senderData": {"chatId": "5@c.us"}}).encode()
+        for n in range(count)
+    ]  # fmt: skip
+
+
+async def test_two_thousand_webhooks_from_twenty_instances_in_order(tmp_path: Path) -> None:
+    instances = [str(1101001000 + i) for i in range(20)]
+    names = Names()
+    expected = {ident: notes(ident, 100) for ident in instances}
+    try:
+        async with (
+            collector(AMQP_URL, names.exchange) as got,
+            bridge(tmp_path, names, instances, AMQP_URL) as service,
+            fake_greenapi([(i, "poll-token-unused") for i in instances], push_pause=0.05) as fake,
+        ):
+            url = f"http://127.0.0.1:{service.http_port}/webhooks/greenapi"
+            for ident in instances:
+                fake.state.enqueue_many(ident, expected[ident])
+            for ident in instances:
+                fake.state.set_webhook(ident, url, HOOK_TOKEN)
+            await wait_until(lambda: fake.state.stats().totals.outstanding == 0, 90)
+            await wait_until(lambda: len(got.messages) >= 2000)
+            stats = [fake.state.push_stats(i) for i in instances]
+    finally:
+        await delete_topology(AMQP_URL, names)
+    assert not any(s.overlapped for s in stats)
+    assert sum(s.successes for s in stats) == 2000
+    seen: dict[str, list[bytes]] = defaultdict(list)
+    for message in got.messages:
+        seen[str(message.headers["x-instance"])].append(message.body)
+    assert dict(seen) == expected
+
+
+async def test_broker_down_503_then_provider_retries_land(
+    tmp_path: Path, own_rabbit: RabbitNode
+) -> None:
+    node = own_rabbit
+    instances = [str(1101002000 + i) for i in range(3)]
+    names = Names()
+    sink = f"{names.prefix}.all"
+    connection = await aio_pika.connect(node.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        exchange = await channel.declare_exchange(
+            names.exchange, "topic", durable=True, arguments={"alternate-exchange": names.unrouted}
+        )
+        queue = await channel.declare_queue(
+            sink, durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        await queue.bind(exchange, "#")
+    expected = {ident: notes(ident, 30) for ident in instances}
+    async with (
+        bridge(tmp_path, names, instances, node.amqp_url) as service,
+        fake_greenapi([(i, "unused-token") for i in instances], push_pause=0.2) as fake,
+    ):
+        await asyncio.wait_for(service.publisher.wait_ready(), 15)
+        url = f"http://127.0.0.1:{service.http_port}/webhooks/greenapi"
+        await asyncio.to_thread(node.stop_app)
+        await wait_until(lambda: not service.publisher.is_ready(), 10)
+        for ident in instances:
+            fake.state.enqueue_many(ident, expected[ident])
+            fake.state.set_webhook(ident, url, HOOK_TOKEN)
+        await asyncio.sleep(2)
+        assert fake.state.stats().totals.deleted == 0, (
+            "a webhook was acknowledged while the broker was down"
+        )
+        refused = [fake.state.push_stats(i).statuses.get("503", 0) for i in instances]
+        assert all(r >= 3 for r in refused), (
+            refused
+        )  # the provider kept retrying, and got 503 each time
+        await asyncio.to_thread(node.start_app)
+        await wait_until(lambda: fake.state.stats().totals.outstanding == 0, 60)
+        stats = [fake.state.push_stats(i) for i in instances]
+    connection = await aio_pika.connect(node.amqp_url)
+    bodies: dict[str, list[bytes]] = defaultdict(list)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(sink, passive=True)
+        while (message := await queue.get(fail=False, timeout=5)) is not None:
+            ident = str(message.headers["x-instance"])
+            if message.body not in bodies[ident]:
+                bodies[ident].append(message.body)
+            await message.ack()
+        await queue.delete(if_unused=False, if_empty=False)
+    assert dict(bodies) == expected
+    assert not any(s.overlapped for s in stats)
+    assert all(set(s.statuses) <= {"200", "503"} for s in stats), [s.statuses for s in stats]
