@@ -151,3 +151,95 @@ async def test_broker_down_503_then_provider_retries_land(
     assert dict(bodies) == expected
     assert not any(s.overlapped for s in stats)
     assert all(set(s.statuses) <= {"200", "503"} for s in stats), [s.statuses for s in stats]
+
+
+async def test_evolution_and_chatapi_pushes_land(tmp_path: Path) -> None:
+    import socket
+
+    from bridge.fake.chatapi import ChatApiConfig, FakeChatApi
+    from bridge.fake.evolution import FakeEvolution
+    from bridge.fake.evolution_push import RetryPolicy
+    from bridge.fake.greenapi import FakeGreenApi
+    from bridge.fake.server import serve_socket
+
+    names = Names()
+    text = webhook_config(names, [], AMQP_URL) + (
+        '[[sources]]\nprovider = "evolution"\nmode = "webhook"\ninstance = "sales-bot"\nwebhook_token_env = "HOOK"\n'
+        '[[sources]]\nprovider = "chatapi"\nmode = "webhook"\ninstance = "4242"\nwebhook_token_env = "HOOK"\n'
+    )
+    service = Service(settings_for(tmp_path, text, {"HOOK": HOOK_TOKEN}))
+    task = asyncio.create_task(service.run())
+    evolution = FakeEvolution(retry=RetryPolicy(initial_delay=0.05, max_delay=0.2, timeout=5))
+    chat = FakeChatApi()
+    sock = socket.create_server(("127.0.0.1", 0))
+    ready = asyncio.Event()
+    server = asyncio.create_task(
+        serve_socket(FakeGreenApi(), sock, ready=ready, evolution=evolution, chatapi=chat)
+    )
+    try:
+        async with collector(AMQP_URL, names.exchange) as got:
+            await asyncio.wait_for(service.http.listening.wait(), 10)
+            await asyncio.wait_for(service.publisher.wait_ready(), 10)
+            await ready.wait()
+            base = f"http://127.0.0.1:{service.http_port}/webhooks"
+            evolution.add_instance("sales-bot", "evo-instance-token")
+            body = json.dumps(
+                {
+                    "webhook": {
+                        "enabled": True,
+                        "url": f"{base}/evolution",
+                        "byEvents": True,
+                        "headers": {"authorization": f"Bearer {HOOK_TOKEN}"},
+                        "events": [],
+                    }
+                }
+            ).encode()
+            status, _ = evolution.handle_api(
+                "POST", "/webhook/set/sales-bot", "evo-instance-token", body
+            )
+            assert status == 201
+            for n in range(50):
+                evolution.enqueue(
+                    "sales-bot",
+                    "messages.upsert",
+                    {
+                        "key": {"id": f"E{n}", "remoteJid": "1@s.whatsapp.net"},
+                        "messageTimestamp": 1700000000 + n,
+                    },
+                )
+            chat.add_instance(
+                "4242",
+                "chat-token",
+                ChatApiConfig(
+                    webhook_url=f"{base}/chatapi?token={HOOK_TOKEN}",
+                    batch_size=7,
+                    batch_interval=0.01,
+                    retry_pause=0.05,
+                ),
+            )
+            for n in range(30):
+                chat.enqueue(
+                    "4242", "messages", {"id": f"C{n}", "chatId": "2@c.us", "time": 1700000000 + n}
+                )
+                chat.enqueue("4242", "ack", {"id": f"C{n}", "status": "delivered"})
+            await wait_until(lambda: len(got.messages) >= 110, 30)
+            await asyncio.sleep(0.2)  # a duplicate would arrive now
+            evo_stats, chat_stats = evolution.stats("sales-bot"), chat.stats("4242")
+    finally:
+        server.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await server
+        await service.shutdown()
+        await asyncio.wait_for(task, 30)
+        await delete_topology(AMQP_URL, names)
+    evo = [m for m in got.messages if m.headers["x-provider"] == "evolution"]
+    chats = [m for m in got.messages if m.headers["x-provider"] == "chatapi"]
+    assert len(evo) == 50 and evo_stats.successes == 50
+    assert {json.loads(m.body)["data"]["key"]["id"] for m in evo} == {f"E{n}" for n in range(50)}
+    assert all("apikey" not in json.loads(m.body) for m in evo)
+    assert {m.routing_key for m in evo} == {"messages.upsert"}
+    assert sorted(m.routing_key for m in chats) == ["ack"] * 30 + ["message"] * 30
+    assert chat_stats.items_delivered == 60
+    assert [json.loads(m.body)["message"]["id"] for m in chats if m.routing_key == "message"] == [
+        f"C{n}" for n in range(30)
+    ]
