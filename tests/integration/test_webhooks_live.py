@@ -168,3 +168,81 @@ async def test_graceful_stop_drains_in_flight_requests(tmp_path: Path) -> None:
     finally:
         await asyncio.wait_for(task, 30)
         await delete_topology(AMQP_URL, names)
+
+
+LIVE_ROUTES = {
+    "greenapi": ("/webhooks/greenapi/1101000002", {"Authorization": f"Bearer {TOKENS['GREEN']}"},
+                 b'{"typeWebhook":"incomingCall","idMessage":"L1"}'),
+    "evolution": ("/webhooks/evolution", {"Authorization": f"Bearer {TOKENS['EVO']}"},
+                  b'{"event":"call","instance":"acme-sales","data":{}}'),
+    "chatapi": ("/webhooks/chatapi", {"Authorization": f"Bearer {TOKENS['CHAT']}"},
+                b'{"instanceId":"79926","messages":[{"id":"L1"}]}'),
+}  # fmt: skip
+# (case, body or None for the good one, headers or None for the good ones, status, quarantined)
+LIVE_BAD = [
+    ("invalid json", b"{nope", None, 200, True),
+    ("json array", b"[1,2]", None, 200, True),
+    ("json string", b'"text"', None, 200, True),
+    ("missing event type", b"MISSING-EVENT", None, 200, True),
+    ("empty body", b"", None, 200, True),
+    ("wrong token", None, {"Authorization": "Bearer wrong"}, 401, False),
+    ("missing token", None, {}, 401, False),
+    ("oversized", b"x" * 5000, None, 413, False),
+    ("wrong content type", None, "text/plain", 200, False),
+]
+
+
+MISSING_EVENT = {
+    "greenapi": b'{"instanceData":{"idInstance":1101000002}}',
+    "evolution": b'{"instance":"acme-sales","data":{}}',
+    "chatapi": b'{"instanceId":"79926"}',
+}
+
+
+async def test_bad_inputs_over_real_http(tmp_path: Path) -> None:
+    async with (
+        live(tmp_path, http_extra="max_body_bytes = 4096\nbody_timeout = 1") as (
+            base,
+            got,
+            _service,
+            names,
+        ),
+        collector(AMQP_URL, names.invalid, declare_exchange=False) as invalid,
+        httpx.AsyncClient(base_url=base) as client,
+    ):
+        expect_main = expect_invalid = 0
+        for provider, (path, auth, good) in LIVE_ROUTES.items():
+            for case, body, headers, status, quarantined in LIVE_BAD:
+                if headers == "text/plain":
+                    sent = {**auth, "Content-Type": "text/plain"}
+                else:
+                    sent = auth if headers is None else headers
+                # MISSING-EVENT: valid JSON naming the instance, without an event type
+                content = MISSING_EVENT[provider] if body == b"MISSING-EVENT" else body
+                r = await client.post(
+                    path, content=good if content is None else content, headers=sent
+                )
+                assert r.status_code == status, (provider, case, r.text)
+                expect_invalid += status == 200 and quarantined
+                expect_main += status == 200 and not quarantined
+            # a body sent slowly: headers arrive, the body never completes
+            port = int(base.rsplit(":", 1)[1])
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nAuthorization: {auth['Authorization']}\r\n\r\n"
+            writer.write(head.encode() + b'{"typeWebhook":')
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(200), 5)
+            assert answer.startswith(b"HTTP/1.1 408"), answer
+            writer.close()
+        await wait_until(
+            lambda: len(got.messages) >= expect_main and len(invalid.messages) >= expect_invalid
+        )
+        await asyncio.sleep(0.3)
+    assert len(got.messages) == expect_main, (
+        [m.body for m in got.messages],
+        [m.body for m in invalid.messages],
+    )  # only the good bodies with another content type
+    assert len(invalid.messages) == expect_invalid, [
+        (m.headers["x-provider"], m.body) for m in invalid.messages
+    ]
+    assert all(m.headers["x-error"] for m in invalid.messages)
