@@ -53,13 +53,20 @@ def _parser() -> argparse.ArgumentParser:
     common(check)
     check.set_defaults(handler=cmd_check_config)
 
-    fake = sub.add_parser("fake-provider", help="a local GREEN-API stand-in for demos and tests")
+    fake = sub.add_parser(
+        "fake-provider",
+        help="a local GREEN-API / Evolution / Chat API stand-in for demos and tests",
+    )
     common(fake)
     fake.add_argument("--listen", default="127.0.0.1:8091", help="HOST:PORT (default %(default)s)")
     fake.add_argument(
         "--instance", action="append", default=[], metavar="ID:TOKEN",
         help="an instance to serve (repeatable); --config adds every polling source",
     )  # fmt: skip
+    fake.add_argument("--evolution", action="append", default=[], metavar="NAME:TOKEN",
+                      help="a fake Evolution instance (repeatable)")  # fmt: skip
+    fake.add_argument("--chatapi", action="append", default=[], metavar="ID:TOKEN",
+                      help="a fake Chat API instance (repeatable)")  # fmt: skip
     fake.add_argument(
         "--seed-samples", action="store_true", help="enqueue the sample notifications"
     )

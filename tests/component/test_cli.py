@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import aio_pika
@@ -105,3 +107,40 @@ def test_topology_conflict_is_a_config_error(tmp_path: Path) -> None:
         assert "PRECONDITION_FAILED" in result.stderr or "conflicting" in result.stderr
     finally:
         asyncio.run(cleanup())
+
+
+def test_fake_provider_serves_every_provider(tmp_path: Path) -> None:
+    import httpx
+
+    from tests.support.harness import free_port, token_for
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bridge", "fake-provider", "--listen", f"127.0.0.1:{port}",
+         "--instance", f"1101000001:{token_for('1')}", "--evolution", "sales-bot:evo-token",
+         "--chatapi", "4242:chat-token", "--seed-samples", "--log-format", "json"],
+        cwd=REPO, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                stats = httpx.get(f"http://127.0.0.1:{port}/_control/stats").json()
+                break
+            except httpx.HTTPError:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert stats["instances"]["1101000001"]["outstanding"] == 18
+        evolution = httpx.get(f"http://127.0.0.1:{port}/_control/evolution/stats").json()
+        chat = httpx.get(f"http://127.0.0.1:{port}/_control/chatapi/stats").json()
+        assert "sales-bot" in json.dumps(evolution) and "4242" in json.dumps(chat)
+        answer = httpx.get(
+            f"http://127.0.0.1:{port}/waInstance1101000001/receiveNotification/{token_for('1')}"
+        )
+        assert answer.status_code == 200 and answer.json()["body"]["typeWebhook"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=20)
+    assert proc.returncode == 0, stderr
+    assert token_for("1") not in stderr
