@@ -80,9 +80,12 @@ async def test_return_is_an_error() -> None:
                 f"{names.prefix}.lonely", "topic", auto_delete=True
             )
             # an exchange without alternate exchange and without bindings returns mandatory messages
-            with pytest.raises(PublishReturned):
-                await pub.publish(outbound(lonely.name, "x"))
-            assert await pub.publish(outbound(names.exchange, "x", mid="after")) is True
+            try:
+                with pytest.raises(PublishReturned):
+                    await pub.publish(outbound(lonely.name, "x"))
+                assert await pub.publish(outbound(names.exchange, "x", mid="after")) is True
+            finally:
+                await lonely.delete()
 
 
 async def test_nack_is_an_error() -> None:
@@ -96,10 +99,13 @@ async def test_nack_is_an_error() -> None:
                 arguments={"x-max-length": 1, "x-overflow": "reject-publish"},
             )  # fmt: skip
             await full.bind(names.exchange, "full")
-            assert await pub.publish(outbound(names.exchange, "full", mid="first")) is True
-            with pytest.raises(PublishNacked):
-                await pub.publish(outbound(names.exchange, "full", mid="second"))
-            assert pub.is_ready()  # a nack does not take the channel down
+            try:
+                assert await pub.publish(outbound(names.exchange, "full", mid="first")) is True
+                with pytest.raises(PublishNacked):
+                    await pub.publish(outbound(names.exchange, "full", mid="second"))
+                assert pub.is_ready()  # a nack does not take the channel down
+            finally:
+                await full.delete(if_unused=False, if_empty=False)
 
 
 async def test_timeout_and_lost_connection_are_errors() -> None:
