@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 bridge=.venv/bin/bridge
 export GREENAPI_TOKEN_1101000001=${GREENAPI_TOKEN_1101000001:-demo-token-1101000001}
 export GREENAPI_TOKEN_1101000002=${GREENAPI_TOKEN_1101000002:-demo-token-1101000002}
+export GREENAPI_WEBHOOK_TOKEN=${GREENAPI_WEBHOOK_TOKEN:-demo-greenapi-webhook-token}
+export EVOLUTION_WEBHOOK_TOKEN=${EVOLUTION_WEBHOOK_TOKEN:-demo-evolution-webhook-token}
+export CHATAPI_WEBHOOK_TOKEN=${CHATAPI_WEBHOOK_TOKEN:-demo-chatapi-webhook-token}
 
 $bridge fake-provider --config bridge.toml --listen 127.0.0.1:8091 --seed-samples --feed 5 &
 fake=$!
@@ -17,6 +20,9 @@ cat <<MSG
   Management UI: http://127.0.0.1:15672 (guest/guest) -> Queues -> notifications.unrouted
   (no consumer queue is bound yet, so every notification lands there; bind your own with
   a queue on the 'notifications' exchange and routing key '#' or an event type).
+  Webhooks: http://127.0.0.1:8080/webhooks/{greenapi,evolution,chatapi} — try
+    bridge simulate --url http://127.0.0.1:8080 --provider greenapi --instance 1101000003 \
+      --token demo-greenapi-webhook-token
   Stop with Ctrl-C.
 
 MSG

@@ -12,6 +12,14 @@ import pytest
 from bridge import retry
 
 SAMPLES = Path(__file__).parent / "fixtures" / "samples"
+#: The secrets the default bridge.toml names (scripts/run-demo.sh sets the same defaults).
+DEMO_ENV = {
+    "GREENAPI_TOKEN_1101000001": "demo-token-1101000001",
+    "GREENAPI_TOKEN_1101000002": "demo-token-1101000002",
+    "GREENAPI_WEBHOOK_TOKEN": "demo-greenapi-webhook-token",
+    "EVOLUTION_WEBHOOK_TOKEN": "demo-evolution-webhook-token",
+    "CHATAPI_WEBHOOK_TOKEN": "demo-chatapi-webhook-token",
+}
 AMQP_URL = os.environ.get("BRIDGE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
 

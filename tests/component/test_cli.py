@@ -14,7 +14,7 @@ from pathlib import Path
 import aio_pika
 import pytest
 
-from tests.conftest import AMQP_URL
+from tests.conftest import AMQP_URL, DEMO_ENV
 from tests.support.harness import Names
 
 REPO = Path(__file__).parents[2]
@@ -32,14 +32,14 @@ def bridge(
 def test_check_config_prints_effective_config_masked() -> None:
     result = bridge(
         "check-config", "--config", "bridge.toml",
-        env={"GREENAPI_TOKEN_1101000001": "secret-one-xyz", "GREENAPI_TOKEN_1101000002": "secret-two-xyz",
+        env={**DEMO_ENV, "GREENAPI_TOKEN_1101000001": "secret-one-xyz", "GREENAPI_TOKEN_1101000002": "secret-two-xyz",
              "BRIDGE_AMQP__URL": "amqp://user:hunter2@rabbit:5672/"},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["amqp"]["url"] == "amqp://user:***@rabbit:5672/"
-    assert len(data["sources"]) == 2
-    assert "config ok: 2 polling and 0 webhook sources" in result.stderr
+    assert len(data["sources"]) == 5
+    assert "config ok: 2 polling and 3 webhook sources" in result.stderr
     assert "secret-one" not in result.stdout + result.stderr
     assert "hunter2" not in result.stdout + result.stderr
 

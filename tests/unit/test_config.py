@@ -6,6 +6,7 @@ import pytest
 
 from bridge.config import Secret, dump, load, mask_url
 from bridge.errors import ConfigError
+from tests.conftest import DEMO_ENV
 
 POLL = """
 [[sources]]
@@ -36,7 +37,7 @@ def test_design_example_loads(tmp_path: Path) -> None:
     text = (Path(__file__).parents[2] / "bridge.toml").read_text()
     settings = load(
         write(tmp_path, text),
-        {"GREENAPI_TOKEN_1101000001": "t" * 20, "GREENAPI_TOKEN_1101000002": "u" * 20},
+        DEMO_ENV,
     )
     assert settings.config.sources
 
