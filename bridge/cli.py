@@ -94,6 +94,11 @@ def _parser() -> argparse.ArgumentParser:
     poll = bench_sub.add_parser("poll", help="polling throughput against the protocol limit")
     add_poll_arguments(poll)
     poll.set_defaults(handler=cmd_bench_poll)
+    from bridge.bench import webhook as bench_webhook
+
+    hook = bench_sub.add_parser("webhook", help="webhook rate against raw confirmed publishes")
+    bench_webhook.add_arguments(hook)
+    hook.set_defaults(handler=bench_webhook.run)
     return parser
 
 

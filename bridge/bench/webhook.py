@@ -460,7 +460,7 @@ async def _wrk_run(
 
 
 async def _wrk(script: Path, url: str, connections: int, seconds: float) -> str:
-    # wrk wants at least as many connections as threads.
+    # wrk wants at least as many connections as threads, and whole seconds.
     argv = [
         "wrk", "-t", "2", "-c", str(max(connections, 2)), "-d", f"{max(1, round(seconds))}s",
         "--latency", "--timeout", "10s", "-s", str(script), url,
@@ -565,7 +565,7 @@ def parse_wrk(output: str) -> dict[str, Any]:
             match = _WRK_TIME.match(row)
             if match is None:
                 break
-            distribution[f"{float(match[1]):g}%"] = float(match[2]) * _UNIT_MS[match[3]]
+            distribution[f"{float(match[1]):g}%"] = round(float(match[2]) * _UNIT_MS[match[3]], 3)
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
     socket_errors = re.search(
         r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
@@ -591,7 +591,7 @@ def parse_wrk(output: str) -> dict[str, Any]:
 
 def _wrk_max_ms(output: str) -> float:
     row = re.search(r"^\s*Latency\s+\S+\s+\S+\s+([\d.]+)(us|ms|s|m|h)", output, re.M)
-    return float(row[1]) * _UNIT_MS[row[2]] if row else math.nan
+    return round(float(row[1]) * _UNIT_MS[row[2]], 3) if row else math.nan
 
 
 # -- setup and cleanup ---------------------------------------------------------------------
