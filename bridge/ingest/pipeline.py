@@ -14,11 +14,16 @@ from bridge.config import AmqpConfig, Source
 from bridge.envelope import Outbound, build, quarantine
 from bridge.errors import PayloadError
 from bridge.logs import log_event
-from bridge.metrics import PUBLISHED, QUARANTINED
-from bridge.providers import greenapi
+from bridge.metrics import QUARANTINED, published
+from bridge.providers import chatapi, evolution, greenapi
 from bridge.routing import Classified, routing_key
 
 log = logging.getLogger("bridge.ingest")
+
+#: Events that get their own metric label: every documented one, and quarantine.
+LABELLED_EVENTS = (
+    greenapi.KNOWN_EVENTS | evolution.KNOWN_EVENTS | chatapi.KNOWN_EVENTS | {"invalid"}
+)
 
 #: Unknown event types remembered for the once-per-type WARN (bounded against hostile input).
 MAX_UNKNOWN_TRACKED = 10_000
@@ -117,10 +122,15 @@ class Pipeline:
         try:
             fresh = await self.publisher.publish(out)
         except Exception as exc:
-            PUBLISHED.labels(provider, out.event, type(exc).__name__).inc()
+            published(provider, self._event_label(out), type(exc).__name__).inc()
             raise
-        PUBLISHED.labels(provider, out.event, "confirmed" if fresh else "duplicate").inc()
+        published(provider, self._event_label(out), "confirmed" if fresh else "duplicate").inc()
         return fresh
+
+    @staticmethod
+    def _event_label(out: Outbound) -> str:
+        """The event as a metric label; unknown events share one label (bounded cardinality)."""
+        return out.event if out.event in LABELLED_EVENTS else "unknown"
 
     def _note_unknown(self, source: Source, event: str) -> None:
         key = (source.provider, event)

@@ -32,7 +32,7 @@ from bridge.errors import PayloadError, PublishError
 from bridge.httpserver import lifespan
 from bridge.ingest.pipeline import Pipeline
 from bridge.logs import log_event
-from bridge.metrics import ACKNOWLEDGED, RECEIVED, REGISTRY, WEBHOOK_RESPONSES
+from bridge.metrics import REGISTRY, acknowledged, received, webhook_responses
 from bridge.providers import chatapi, evolution, greenapi
 
 log = logging.getLogger("bridge.webhooks")
@@ -138,11 +138,11 @@ class Webhooks:
                 raise Reject(503, "broker not ready")
             await self._deliver(outs)
         except Reject as exc:
-            WEBHOOK_RESPONSES.labels(provider, str(exc.status)).inc()
+            webhook_responses(provider, str(exc.status)).inc()
             headers = self._retry_headers() if exc.status == 503 else []
             await _answer(send, exc.status, msgspec.json.encode({"error": str(exc)}), headers)
             return
-        WEBHOOK_RESPONSES.labels(provider, "200").inc()
+        webhook_responses(provider, "200").inc()
         await _answer(send, 200, _OK)
 
     async def _deliver(self, outs: list[Outbound]) -> None:
@@ -165,9 +165,7 @@ class Webhooks:
             )  # fmt: skip
             raise Reject(503, "broker did not confirm") from None
         first = outs[0].headers
-        ACKNOWLEDGED.labels(str(first["x-provider"]), str(first["x-instance"]), "http_200").inc(
-            len(outs)
-        )
+        acknowledged(str(first["x-provider"]), str(first["x-instance"]), "http_200").inc(len(outs))
 
     def _retry_headers(self) -> list[tuple[bytes, bytes]]:
         return [(b"retry-after", self._retry_after)]
@@ -194,7 +192,7 @@ class Webhooks:
                     )
                 ]
             hook = self._lookup(hooks, str(ident), presented)
-        RECEIVED.labels("greenapi", hook.source.instance, "webhook").inc()
+        received("greenapi", hook.source.instance, "webhook").inc()
         return [self._pipeline.prepare(hook.source, body, ingest="webhook")]
 
     async def _evolution(self, scope: Scope, receive: Receive, rest: str) -> list[Outbound]:
@@ -211,7 +209,7 @@ class Webhooks:
         known = hooks.get(head.instance)
         presented = self._evolution_token(scope, known)
         hook = self._lookup(hooks, head.instance, presented)
-        RECEIVED.labels("evolution", hook.source.instance, "webhook").inc()
+        received("evolution", hook.source.instance, "webhook").inc()
         clean = evolution.strip_secrets(body)
         try:
             classified = evolution.classify(head, hook.source.instance)
@@ -228,7 +226,7 @@ class Webhooks:
         except PayloadError as exc:
             return [self._quarantine_unknown(hooks, presented, body, str(exc))]
         hook = self._lookup(hooks, ident, presented)
-        RECEIVED.labels("chatapi", hook.source.instance, "webhook").inc()
+        received("chatapi", hook.source.instance, "webhook").inc()
         try:
             items = chatapi.split(top, body, hook.source.instance)
         except PayloadError as exc:
