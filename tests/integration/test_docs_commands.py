@@ -1,0 +1,196 @@
+"""Every command the docs show in a ```console block is run here, in order, against the demo.
+
+The demo (`make run`: the fake provider feeding the bridge) is started once, on exchange names
+of this test's own, and every documented command then runs in a shell with the same
+environment. A command whose documented output follows it must print that output; a command
+that is documented as long-running (`make run`, `bridge run`, `bridge fake-provider`, `bridge
+tail` without `--count`) is started, checked alive after a few seconds, and stopped with
+SIGTERM, which must exit 0. Commands that cannot run here are listed in EXEMPT with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import DEMO_ENV
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
+
+REPO = Path(__file__).parents[2]
+DOCS = [
+    REPO / "README.md",
+    *sorted((REPO / "docs").glob("*.md")),
+    REPO / "examples" / "README.md",
+    REPO / "deploy" / "README.md",
+]
+EXEMPT = {
+    "make test": "it is what CI runs; running it from inside itself would recurse",
+    "docker compose": "no Docker engine on this machine; compose.yaml is checked by test_deploy.py",
+    "kubectl": "no Kubernetes here; the manifests are checked by test_deploy.py",
+    "sudo ": "changes the machine",
+    "systemctl": "changes the machine",
+    "make bench": "a benchmark (minutes); its harness has its own smoke tests",
+    "bridge bench": "a benchmark (minutes); its harness has its own smoke tests",
+    "make run": "started once for the whole test (the demo every other command runs against)",
+}
+LONG_RUNNING = ("bridge run", "bridge fake-provider")
+
+
+@dataclass
+class Command:
+    doc: str
+    line: int
+    text: str
+    output: list[str] = field(default_factory=list)
+
+
+def documented_commands() -> list[Command]:
+    commands: list[Command] = []
+    for path in DOCS:
+        if not path.exists():
+            continue
+        in_console = False
+        current: Command | None = None
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if line.strip().startswith("```"):
+                in_console = line.strip() == "```console"
+                current = None
+                continue
+            if not in_console:
+                continue
+            if line.startswith("$ "):
+                current = Command(path.relative_to(REPO).as_posix(), number, line[2:].strip())
+                commands.append(current)
+            elif current is not None and current.text.endswith("\\"):
+                current.text = current.text[:-1] + " " + line.strip()
+            elif current is not None and line.strip():
+                current.output.append(line.strip())
+    return commands
+
+
+def exempt(command: Command) -> str | None:
+    for prefix, reason in EXEMPT.items():
+        if command.text.startswith(prefix):
+            return reason
+    return None
+
+
+@pytest.fixture(scope="module")
+def demo_env() -> Iterator[dict[str, str]]:
+    prefix = f"docs{uuid.uuid4().hex[:8]}"
+    env = {
+        **os.environ,
+        **DEMO_ENV,
+        "BRIDGE_AMQP__EXCHANGE": f"{prefix}.notifications",
+        "BRIDGE_AMQP__UNROUTED_EXCHANGE": f"{prefix}.notifications.unrouted",
+        "BRIDGE_AMQP__INVALID_EXCHANGE": f"{prefix}.notifications.invalid",
+        "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}",
+    }
+    demo = subprocess.Popen(
+        ["make", "run"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert demo.poll() is None, demo.stdout.read().decode() if demo.stdout else ""
+            try:
+                if httpx.get("http://127.0.0.1:8080/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "make run did not get ready"
+            time.sleep(0.5)
+        yield env
+    finally:
+        os.killpg(demo.pid, signal.SIGINT)
+        try:
+            demo.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(demo.pid, signal.SIGKILL)
+            demo.wait()
+        cleanup(prefix)
+
+
+def cleanup(prefix: str) -> None:
+    script = f"""
+import asyncio, aio_pika
+async def main():
+    c = await aio_pika.connect("amqp://guest:guest@127.0.0.1:5672/")
+    async with c:
+        for q in ("{prefix}.notifications.unrouted", "{prefix}.notifications.invalid", "billing.incoming"):
+            ch = await c.channel()
+            try: await ch.queue_delete(q)
+            except Exception: pass
+        for e in ("{prefix}.notifications", "{prefix}.notifications.unrouted", "{prefix}.notifications.invalid"):
+            ch = await c.channel()
+            try: await ch.exchange_delete(e)
+            except Exception: pass
+asyncio.run(main())
+"""
+    subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-c", script], check=False, timeout=30)
+
+
+COMMANDS = documented_commands()
+
+
+def test_the_docs_show_commands() -> None:
+    assert any(c.text.startswith("bridge ") for c in COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=[f"{c.doc}:{c.line}" for c in COMMANDS])
+def test_documented_command(command: Command, demo_env: dict[str, str]) -> None:
+    reason = exempt(command)
+    if reason is not None:
+        pytest.skip(reason)
+    text = command.text
+    env = dict(demo_env)
+    if m := re.fullmatch(r"export (\w+)=(\S+)", text):
+        demo_env[m[1]] = m[2]  # later commands of the docs see it, as in a shell
+        return
+    if text in ("source .venv/bin/activate", ". .venv/bin/activate"):
+        return  # PATH already starts with .venv/bin
+    if text.startswith(LONG_RUNNING) or (text.startswith("bridge tail") and "--count" not in text):
+        proc = subprocess.Popen(
+            ["bash", "-c", text],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        time.sleep(4)
+        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out.decode()
+        return
+    result = subprocess.run(
+        ["bash", "-c", text],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    printed = result.stdout + result.stderr
+    if any("error" in line for line in command.output):
+        assert result.returncode != 0, printed
+    else:
+        assert result.returncode == 0, printed
+    for line in command.output:
+        if line in ("…", "..."):
+            continue
+        assert line in printed, f"documented output {line!r} not in:\n{printed}"
