@@ -32,8 +32,8 @@ test: $(BIN)/bridge broker lint typecheck
 	$(BIN)/pytest
 
 lint: $(BIN)/bridge
-	$(BIN)/ruff check bridge tests
-	$(BIN)/ruff format --check bridge tests
+	$(BIN)/ruff check bridge tests examples
+	$(BIN)/ruff format --check bridge tests examples
 
 typecheck: $(BIN)/bridge
 	$(BIN)/mypy
