@@ -65,6 +65,8 @@ class Service:
                 timeout_keep_alive=int(http.keepalive_timeout),
                 timeout_graceful_shutdown=int(http.drain_timeout),
                 backlog=2048,
+                # the app reads X-Forwarded-For itself, only from http.trusted_proxies
+                proxy_headers=False,
             )
         )
         self.http_port: int | None = None

@@ -257,3 +257,19 @@ async def test_bad_inputs_over_real_http(tmp_path: Path) -> None:
         (m.headers["x-provider"], m.body) for m in invalid.messages
     ]
     assert all(m.headers["x-error"] for m in invalid.messages)
+
+
+async def test_forwarded_for_is_not_believed_from_an_untrusted_peer(tmp_path: Path) -> None:
+    # uvicorn by default rewrites the client address from X-Forwarded-For for peers on
+    # 127.0.0.1; the bridge turns that off and believes only http.trusted_proxies
+    extra = 'allow_ips = ["203.0.113.0/24"]'
+    async with (
+        live(tmp_path, http_extra=extra) as (base, got, _service, _names),
+        httpx.AsyncClient(base_url=base) as client,
+    ):
+        path, auth, body = LIVE_ROUTES["greenapi"]
+        spoofed = await client.post(
+            path, content=body, headers={**auth, "X-Forwarded-For": "203.0.113.5"}
+        )
+        assert spoofed.status_code == 403
+    assert got.messages == []
