@@ -87,6 +87,20 @@ def _parser() -> argparse.ArgumentParser:
     configure.add_arguments(conf)
     conf.set_defaults(handler=configure.run)
 
+    from bridge.tools import queues, tail
+
+    queue_cmd = sub.add_parser("queues", help="consumer queues")
+    queue_sub = queue_cmd.add_subparsers(dest="queues", required=True, metavar="ACTION")
+    declare = queue_sub.add_parser(
+        "declare", help="declare a quorum, single-active-consumer queue bound to event types"
+    )
+    queues.add_arguments(declare)
+    declare.set_defaults(handler=queues.run)
+
+    tail_cmd = sub.add_parser("tail", help="print what arrives on a binding, taking nothing")
+    tail.add_arguments(tail_cmd)
+    tail_cmd.set_defaults(handler=tail.run)
+
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
     from bridge.bench.poll import add_arguments as add_poll_arguments
