@@ -20,7 +20,9 @@ Settling: every delivery is settled exactly once with `ack()`, `nack(requeue=…
 Deliveries left unsettled go back to the queue when the consumer closes (RabbitMQ requeues
 whatever a closed channel held). A quorum queue counts every return: after its
 `x-delivery-limit` (20 by `bridge queues declare`) a message is dead-lettered, so a poison
-message cannot loop forever.
+message cannot loop forever. Order: a requeued message goes back to the head of the queue, but
+the `prefetch - 1` messages already sent to this consumer come first; use `prefetch=1` where a
+retried message must be handled before the next one.
 
 Dedup: the ids of the last `dedup` acknowledged messages are kept (LRU). A later delivery with
 one of them is acknowledged and skipped without being yielded (`consumer.skipped`). The bridge
@@ -30,9 +32,10 @@ and the dedup catches it. The id is remembered when `ack()` is called, even if t
 not be sent. For business-level dedup across restarts use `message_key` (`x-message-key`).
 
 Reconnect: when the connection or channel is lost the consumer reconnects with back-off
-(`bridge.retry.Backoff`), declares the queue passively again and resumes. Deliveries buffered
-from the lost channel are dropped (RabbitMQ redelivers them); settling a delivery whose channel
-is gone is a no-op counted in `consumer.lost`.
+(`bridge.retry.Backoff`), declares the queue passively again and resumes (a silent network
+partition is noticed by AMQP heartbeats: `?heartbeat=10` in the URL shortens the default).
+Deliveries buffered from the lost channel are dropped (RabbitMQ redelivers them); settling a
+delivery whose channel is gone is a no-op counted in `consumer.stats["lost"]`.
 
 Stop: `stop()` (synchronous, safe from a signal handler) or leaving the `async with` ends the
 iteration after the delivery being handled; the consumer is cancelled (`basic.cancel`) and
@@ -47,7 +50,6 @@ import logging
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
-from types import TracebackType
 from typing import Any, Final, TypeVar, overload
 
 import aio_pika
@@ -240,12 +242,7 @@ class Consumer:
         await self.start()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
     async def start(self) -> None:
@@ -304,7 +301,10 @@ class Consumer:
 
     async def _connect(self) -> asyncio.Event:
         """One connection, channel and consumer; the event is set when either is lost."""
-        connection = await aio_pika.connect(self._url, timeout=self._connect_timeout)
+        connection = await aio_pika.connect(
+            self._url, timeout=self._connect_timeout,
+            client_properties={"connection_name": f"bridge.consumer {self.queue}"},
+        )  # fmt: skip
         lost = asyncio.Event()
         try:
             connection.close_callbacks.add(lambda *_: lost.set())

@@ -165,7 +165,9 @@ async def tail(
     stop = stop or asyncio.Event()
     printed = 0
     render = format_pretty if pretty else format_json
-    connection = await aio_pika.connect(url, timeout=TIMEOUT)
+    connection = await aio_pika.connect(
+        url, timeout=TIMEOUT, client_properties={"connection_name": "bridge tail"}
+    )
     try:
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=100)
