@@ -97,6 +97,7 @@ def demo_env() -> Iterator[dict[str, str]]:
         "BRIDGE_AMQP__INVALID_EXCHANGE": f"{prefix}.notifications.invalid",
         "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}",
     }
+    dead_letter_existed = _queue_exists("notifications.dead")
     demo = subprocess.Popen(
         ["make", "run"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -120,20 +121,39 @@ def demo_env() -> Iterator[dict[str, str]]:
         except subprocess.TimeoutExpired:
             os.killpg(demo.pid, signal.SIGKILL)
             demo.wait()
-        cleanup(prefix)
+        cleanup(prefix, dead_letter=not dead_letter_existed)
 
 
-def cleanup(prefix: str) -> None:
+def _queue_exists(name: str) -> bool:
+    script = f"""
+import asyncio, aio_pika, sys
+async def main():
+    c = await aio_pika.connect("amqp://guest:guest@127.0.0.1:5672/")
+    async with c:
+        ch = await c.channel()
+        try:
+            await ch.declare_queue("{name}", passive=True)
+        except Exception:
+            sys.exit(1)
+asyncio.run(main())
+"""
+    python = str(REPO / ".venv" / "bin" / "python")
+    return subprocess.run([python, "-c", script], check=False, timeout=30).returncode == 0
+
+
+def cleanup(prefix: str, *, dead_letter: bool) -> None:
     script = f"""
 import asyncio, aio_pika
 async def main():
     c = await aio_pika.connect("amqp://guest:guest@127.0.0.1:5672/")
     async with c:
-        for q in ("{prefix}.notifications.unrouted", "{prefix}.notifications.invalid", "billing.incoming"):
+        for q in ("{prefix}.notifications.unrouted", "{prefix}.notifications.invalid", "billing.incoming",
+                  *(("notifications.dead",) if {dead_letter!r} else ())):
             ch = await c.channel()
             try: await ch.queue_delete(q)
             except Exception: pass
-        for e in ("{prefix}.notifications", "{prefix}.notifications.unrouted", "{prefix}.notifications.invalid"):
+        for e in ("{prefix}.notifications", "{prefix}.notifications.unrouted", "{prefix}.notifications.invalid",
+                  *(("notifications.dead",) if {dead_letter!r} else ())):
             ch = await c.channel()
             try: await ch.exchange_delete(e)
             except Exception: pass
