@@ -87,7 +87,7 @@ def exempt(command: Command) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def demo_env() -> Iterator[dict[str, str]]:
+def demo_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     prefix = f"docs{uuid.uuid4().hex[:8]}"
     env = {
         **os.environ,
@@ -98,14 +98,16 @@ def demo_env() -> Iterator[dict[str, str]]:
         "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}",
     }
     dead_letter_existed = _queue_exists("notifications.dead")
-    demo = subprocess.Popen(
-        ["make", "run"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )  # fmt: skip
+    log = tmp_path_factory.mktemp("demo") / "make-run.log"
+    with log.open("wb") as out:  # a file, not a pipe: a full pipe would stall the demo
+        demo = subprocess.Popen(
+            ["make", "run"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
     try:
         deadline = time.monotonic() + 90
         while True:
-            assert demo.poll() is None, demo.stdout.read().decode() if demo.stdout else ""
+            assert demo.poll() is None, log.read_text()
             try:
                 if httpx.get("http://127.0.0.1:8080/readyz", timeout=2).status_code == 200:
                     break
