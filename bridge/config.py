@@ -132,8 +132,17 @@ _URL_SAFE = re.compile(r"[A-Za-z0-9._~-]+")
 _TEMPLATE_FIELDS = frozenset({"provider", "instance", "event"})
 
 
-def load(path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> Settings:
-    """Read the TOML file (if any), apply `BRIDGE_…` overrides, validate, resolve secrets."""
+def load(
+    path: str | os.PathLike[str] | None,
+    env: Mapping[str, str] | None = None,
+    *,
+    secrets: bool = True,
+) -> Settings:
+    """Read the TOML file (if any), apply `BRIDGE_…` overrides, validate, resolve secrets.
+
+    `secrets=False` skips resolving the sources' tokens: for tools that only talk to the
+    broker (`bridge queues`, `bridge tail`) and should not need the providers' secrets.
+    """
     env = os.environ if env is None else env
     raw: dict[str, Any] = {}
     if path is not None:
@@ -150,6 +159,8 @@ def load(path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = No
         raise ConfigError(_describe(exc)) from None
     _check(config)
     _check_http(config.http)
+    if not secrets:
+        return Settings(config=config, tokens={}, webhook_tokens={})
     return Settings(
         config=config,
         tokens=_resolve(config, env, "token"),

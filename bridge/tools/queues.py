@@ -348,7 +348,7 @@ def add_broker_arguments(parser: argparse.ArgumentParser) -> None:
 
 def broker_target(args: argparse.Namespace) -> tuple[str, str]:
     """(AMQP URL, exchange) from the arguments, else the config (`ConfigError` if invalid)."""
-    amqp = AmqpConfig() if args.amqp_url else load(args.config).config.amqp
+    amqp = AmqpConfig() if args.amqp_url else load(args.config, secrets=False).config.amqp
     return args.amqp_url or amqp.url, args.exchange or amqp.exchange
 
 

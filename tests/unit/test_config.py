@@ -154,3 +154,11 @@ def test_dump_masks_password() -> None:
 def test_secret_equality_and_hash() -> None:
     assert Secret("a") == Secret("a")
     assert hash(Secret("a")) == hash(Secret("a"))
+
+
+def test_broker_only_tools_need_no_provider_secrets(tmp_path: Path) -> None:
+    settings = load(write(tmp_path, POLL), {}, secrets=False)
+    assert settings.config.sources[0].instance == "1101000001"
+    assert settings.tokens == {}
+    with pytest.raises(ConfigError, match="TOKEN_1"):
+        load(write(tmp_path, POLL), {})
