@@ -2,7 +2,8 @@
 
     BridgeError
     ├── ConfigError                 exit at start, naming the key
-    │   └── TopologyError           the broker holds a conflicting object (PRECONDITION_FAILED)
+    │   ├── TopologyError           the broker holds a conflicting object (PRECONDITION_FAILED)
+    │   └── QueueNotFound           (bridge.consumer) the consumer's queue was never declared
     ├── PayloadError                quarantine the raw body, then acknowledge it
     ├── ProviderError               a provider call failed
     │   ├── TransientProviderError  back off with jitter and retry (429, 5xx, network)
