@@ -15,6 +15,10 @@ from bridge.routing import Classified
 
 Headers = dict[str, str | int]
 
+#: Ids taken from a payload are cut to this length in headers: all AMQP headers must fit one
+#: frame, and a hostile id must not make a notification unpublishable (and so block its queue).
+MAX_HEADER_CHARS = 512
+
 
 class Outbound(NamedTuple):
     """Everything the publisher needs; no I/O objects."""
@@ -67,9 +71,9 @@ def build(
     headers = _headers(provider, instance, ingest, received_at_ms, receipt_id)
     headers["x-event"] = classified.event
     if classified.chat_id:
-        headers["x-chat-id"] = classified.chat_id
+        headers["x-chat-id"] = classified.chat_id[:MAX_HEADER_CHARS]
     if classified.message_key:
-        headers["x-message-key"] = classified.message_key
+        headers["x-message-key"] = classified.message_key[:MAX_HEADER_CHARS]
     return Outbound(
         exchange, routing_key, body, message_id(provider, instance, body),
         classified.event, classified.timestamp, headers,

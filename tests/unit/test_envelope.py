@@ -124,3 +124,13 @@ def test_backoff_is_capped_and_jittered() -> None:
     finally:
         set_testing(True)
     assert Backoff().delay(5) == 0
+
+
+def test_ids_from_payloads_are_capped_in_headers() -> None:
+    huge = "x" * 100_000
+    out = build(
+        exchange="e", routing_key="r", provider="greenapi", instance="9", ingest="webhook",
+        body=b"{}", classified=Classified(event="x", chat_id=huge, message_key=huge), received_at_ms=5,
+    )  # fmt: skip
+    assert len(str(out.headers["x-chat-id"])) == 512
+    assert len(str(out.headers["x-message-key"])) == 512

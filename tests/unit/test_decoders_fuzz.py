@@ -1,0 +1,86 @@
+"""Property tests: the decoders take any bytes and answer with a value or their own error."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bridge.errors import PayloadError
+from bridge.providers import chatapi, evolution, greenapi
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=5)
+    ),
+    max_leaves=20,
+)
+KEYS = ["typeWebhook", "instanceData", "idInstance", "timestamp", "idMessage", "senderData", "chatId",
+        "status", "event", "instance", "data", "key", "id", "remoteJid", "keyId", "messageTimestamp",
+        "apikey", "api_key", "instanceId", "messages", "ack", "chatUpdate", "statuses", "receiptId", "body"]  # fmt: skip
+SHAPED = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.text(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(KEYS), inner, max_size=6)
+    ),
+    max_leaves=25,
+)
+BODIES = st.one_of(
+    st.binary(max_size=300),
+    JSON_VALUES.map(lambda v: json.dumps(v).encode()),
+    SHAPED.map(lambda v: json.dumps(v).encode()),
+)
+
+
+@settings(max_examples=400)
+@given(BODIES)
+def test_greenapi_classify(body: bytes) -> None:
+    try:
+        got = greenapi.classify(body, "1")
+    except PayloadError:
+        return
+    assert got.event
+
+
+@settings(max_examples=300)
+@given(BODIES)
+def test_greenapi_answers(body: bytes) -> None:
+    try:
+        received = greenapi.decode_received(body)
+    except greenapi.MalformedResponse as exc:
+        assert exc.receipt_id is None or isinstance(exc.receipt_id, int)
+    else:
+        assert received is None or isinstance(received.receiptId, int)
+    with contextlib.suppress(greenapi.MalformedResponse):
+        greenapi.decode_deleted(body)
+
+
+@settings(max_examples=400)
+@given(BODIES)
+def test_evolution(body: bytes) -> None:
+    try:
+        head = evolution.read_head(body)
+        got = evolution.classify(head, "i")
+    except PayloadError:
+        return
+    assert got.event
+    clean = evolution.strip_secrets(body)
+    decoded = json.loads(clean)
+    assert "apikey" not in decoded and "api_key" not in decoded
+
+
+@settings(max_examples=400)
+@given(BODIES)
+def test_chatapi(body: bytes) -> None:
+    try:
+        top, ident = chatapi.instance_of(body)
+        items = chatapi.split(top, body, ident)
+    except PayloadError:
+        return
+    assert items
+    for item in items:
+        json.loads(item.body)  # every item is a JSON document of its own
+        assert item.classified.event == item.kind
