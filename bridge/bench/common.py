@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -91,3 +94,11 @@ class Progress:
         if self.tty:
             sys.stderr.write("\r" + " " * 60 + "\r")
             sys.stderr.flush()
+
+
+def print_result(
+    result: dict[str, Any], *, as_json: bool, report: Callable[[dict[str, Any]], str]
+) -> int:
+    """A benchmark's result as one JSON line or as its readable report; exit status 0."""
+    print(json.dumps(result) if as_json else report(result))
+    return 0

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import secrets
 import sys
@@ -30,6 +29,7 @@ from bridge.bench.common import (
     Progress,
     cpu_seconds,
     peak_rss_mb,
+    print_result,
     spawn,
     stop_process,
     wait_http,
@@ -54,12 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    result = asyncio.run(bench(args))
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(report(result))
-    return 0
+    return print_result(asyncio.run(bench(args)), as_json=args.json, report=report)
 
 
 def report(r: dict[str, Any]) -> str:

@@ -48,7 +48,15 @@ from urllib.parse import urlsplit
 import aio_pika
 import httpx
 
-from bridge.bench.common import Progress, cpu_seconds, peak_rss_mb, spawn, stop_process, wait_http
+from bridge.bench.common import (
+    Progress,
+    cpu_seconds,
+    peak_rss_mb,
+    print_result,
+    spawn,
+    stop_process,
+    wait_http,
+)
 
 DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 TOKEN_ENV = "BENCH_HOOK_TOKEN"  # noqa: S105 - the variable's name, not a token
@@ -88,12 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    result = asyncio.run(bench(args))
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(report(result))
-    return 0
+    return print_result(asyncio.run(bench(args)), as_json=args.json, report=report)
 
 
 # -- the bodies ----------------------------------------------------------------------------

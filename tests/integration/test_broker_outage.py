@@ -8,13 +8,14 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-import aio_pika
 import pytest
 
 from bridge.app import Service
 from tests.support.harness import (
     Names,
     bridge_toml,
+    declare_sink,
+    drain_sink,
     fake_greenapi,
     settings_for,
     token_for,
@@ -25,18 +26,6 @@ from tests.support.rabbitnode import RabbitNode
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180)]
 
 
-async def drain(url: str, queue_name: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
-    connection = await aio_pika.connect(url)
-    out = []
-    async with connection:
-        channel = await connection.channel()
-        queue = await channel.declare_queue(queue_name, passive=True)
-        while (message := await queue.get(fail=False, timeout=5)) is not None:
-            out.append(message)
-            await message.ack()
-    return out
-
-
 async def test_broker_outage_pauses_deletes_and_recovers(
     tmp_path: Path, own_rabbit: RabbitNode
 ) -> None:
@@ -44,17 +33,7 @@ async def test_broker_outage_pauses_deletes_and_recovers(
     instances = [str(1101000800 + i) for i in range(3)]
     per_instance = 200
     names = Names()
-    sink = f"{names.prefix}.all"
-    connection = await aio_pika.connect(node.amqp_url)
-    async with connection:
-        channel = await connection.channel()
-        exchange = await channel.declare_exchange(
-            names.exchange, "topic", durable=True, arguments={"alternate-exchange": names.unrouted}
-        )
-        queue = await channel.declare_queue(
-            sink, durable=True, arguments={"x-queue-type": "quorum"}
-        )
-        await queue.bind(exchange, "#")
+    sink = await declare_sink(node.amqp_url, names)
 
     async with fake_greenapi([(i, token_for(i)) for i in instances], latency=0.004) as fake:
         text, env = bridge_toml(
@@ -94,7 +73,7 @@ async def test_broker_outage_pauses_deletes_and_recovers(
         finally:
             await service.shutdown()
             await asyncio.wait_for(task, 30)
-    messages = await drain(node.amqp_url, sink)
+    messages = await drain_sink(node.amqp_url, sink)
     order: dict[str, list[bytes]] = defaultdict(list)
     ids: dict[bytes, set[str | None]] = defaultdict(set)
     for message in messages:

@@ -9,7 +9,6 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aio_pika
 import pytest
 
 from bridge.app import Service
@@ -17,7 +16,9 @@ from tests.conftest import AMQP_URL
 from tests.support.harness import (
     Names,
     collector,
+    declare_sink,
     delete_topology,
+    drain_sink,
     fake_greenapi,
     settings_for,
     wait_until,
@@ -103,17 +104,7 @@ async def test_broker_down_503_then_provider_retries_land(
     node = own_rabbit
     instances = [str(1101002000 + i) for i in range(3)]
     names = Names()
-    sink = f"{names.prefix}.all"
-    connection = await aio_pika.connect(node.amqp_url)
-    async with connection:
-        channel = await connection.channel()
-        exchange = await channel.declare_exchange(
-            names.exchange, "topic", durable=True, arguments={"alternate-exchange": names.unrouted}
-        )
-        queue = await channel.declare_queue(
-            sink, durable=True, arguments={"x-queue-type": "quorum"}
-        )
-        await queue.bind(exchange, "#")
+    sink = await declare_sink(node.amqp_url, names)
     expected = {ident: notes(ident, 30) for ident in instances}
     async with (
         bridge(tmp_path, names, instances, node.amqp_url) as service,
@@ -137,17 +128,11 @@ async def test_broker_down_503_then_provider_retries_land(
         await asyncio.to_thread(node.start_app)
         await wait_until(lambda: fake.state.stats().totals.outstanding == 0, 60)
         stats = [fake.state.push_stats(i) for i in instances]
-    connection = await aio_pika.connect(node.amqp_url)
     bodies: dict[str, list[bytes]] = defaultdict(list)
-    async with connection:
-        channel = await connection.channel()
-        queue = await channel.declare_queue(sink, passive=True)
-        while (message := await queue.get(fail=False, timeout=5)) is not None:
-            ident = str(message.headers["x-instance"])
-            if message.body not in bodies[ident]:
-                bodies[ident].append(message.body)
-            await message.ack()
-        await queue.delete(if_unused=False, if_empty=False)
+    for message in await drain_sink(node.amqp_url, sink):
+        ident = str(message.headers["x-instance"])
+        if message.body not in bodies[ident]:
+            bodies[ident].append(message.body)
     assert dict(bodies) == expected
     assert not any(s.overlapped for s in stats)
     assert all(set(s.statuses) <= {"200", "503"} for s in stats), [s.statuses for s in stats]

@@ -186,3 +186,33 @@ async def delete_topology(amqp_url: str, names: Names) -> None:
                 await channel.exchange_delete(exchange)
     finally:
         await connection.close()
+
+
+async def declare_sink(amqp_url: str, names: Names) -> str:
+    """A durable quorum queue bound with `#` to the test's exchange: survives broker restarts."""
+    sink = f"{names.prefix}.all"
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        exchange = await channel.declare_exchange(
+            names.exchange, "topic", durable=True, arguments={"alternate-exchange": names.unrouted}
+        )
+        queue = await channel.declare_queue(
+            sink, durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        await queue.bind(exchange, "#")
+    return sink
+
+
+async def drain_sink(amqp_url: str, sink: str) -> list[AbstractIncomingMessage]:
+    """Every message in the sink, acked; then the sink is deleted."""
+    connection = await aio_pika.connect(amqp_url)
+    out: list[AbstractIncomingMessage] = []
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(sink, passive=True)
+        while (message := await queue.get(fail=False, timeout=5)) is not None:
+            out.append(message)
+            await message.ack()
+        await queue.delete(if_unused=False, if_empty=False)
+    return out
