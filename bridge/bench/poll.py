@@ -161,6 +161,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "bridge_cpu": cpu / elapsed,
         "cpu_us_per_notification": 1e6 * cpu / total,
         "cpus": os.cpu_count(),
+        "prefix": prefix,
         "python": sys.version.split()[0],
     }
 
