@@ -36,7 +36,11 @@ class Service:
         self.publisher = AmqpPublisher(
             cfg.amqp,
             topology(cfg.amqp, extra),
-            Backoff(initial=cfg.poll.backoff_initial, maximum=min(cfg.poll.backoff_max, 10.0)),
+            Backoff(
+                initial=cfg.poll.backoff_initial,
+                maximum=min(cfg.poll.backoff_max, 10.0),
+                floor=0.05,
+            ),
         )
         self.pipeline = Pipeline(cfg.amqp, self.publisher)
         self._own_client = client is None

@@ -52,7 +52,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any, Final, TypeVar, overload
 
-import aio_pika
 import aiormq.exceptions
 import msgspec
 from aio_pika.abc import (
@@ -64,6 +63,7 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
+from bridge.amqp.connection import open_connection
 from bridge.config import mask_url
 from bridge.errors import ConfigError
 from bridge.logs import log_event
@@ -73,7 +73,7 @@ __all__ = ["Consumer", "Delivery", "QueueNotFound", "SeenIds"]
 
 T = TypeVar("T")
 log = logging.getLogger("bridge.consumer")
-_RECONNECT: Final = Backoff(initial=0.5, maximum=15.0)
+_RECONNECT: Final = Backoff(initial=0.5, maximum=15.0, floor=0.05)
 _LOST: Final = (aiormq.exceptions.ChannelInvalidStateError, *CONNECTION_EXCEPTIONS)
 
 
@@ -301,7 +301,7 @@ class Consumer:
 
     async def _connect(self) -> asyncio.Event:
         """One connection, channel and consumer; the event is set when either is lost."""
-        connection = await aio_pika.connect(
+        connection = await open_connection(
             self._url, timeout=self._connect_timeout,
             client_properties={"connection_name": f"bridge.consumer {self.queue}"},
         )  # fmt: skip

@@ -24,13 +24,14 @@ class Backoff:
     maximum: float = 30.0
     multiplier: float = 2.0
     jitter: float = 0.5  # fraction of the delay that is randomised
+    floor: float = 0.0  # kept even in tests: a reconnect loop must not spin
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before retry number `attempt` (0-based)."""
         if _testing:
-            return 0.0
+            return self.floor
         base = min(self.maximum, self.initial * self.multiplier ** min(attempt, 32))
-        return base * (1 - self.jitter) + random.uniform(0, base * self.jitter)
+        return max(self.floor, base * (1 - self.jitter) + random.uniform(0, base * self.jitter))
 
 
 async def sleep_unless(stop: asyncio.Event, seconds: float) -> bool:

@@ -27,6 +27,7 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from pamqp.commands import Basic
 
 from bridge import APP_ID
+from bridge.amqp.connection import open_connection
 from bridge.amqp.topology import Topology, declare
 from bridge.config import AmqpConfig, mask_url
 from bridge.envelope import Outbound
@@ -82,7 +83,7 @@ class AmqpPublisher:
     def __init__(self, cfg: AmqpConfig, topo: Topology, backoff: Backoff | None = None) -> None:
         self._cfg = cfg
         self._topo = topo
-        self._backoff = backoff or Backoff(initial=0.2, maximum=10.0)
+        self._backoff = backoff or Backoff(initial=0.2, maximum=10.0, floor=0.05)
         self._ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._channel: aiormq.Channel | None = None
@@ -108,7 +109,7 @@ class AmqpPublisher:
         url = mask_url(self._cfg.url)
         while not self._stop.is_set():
             try:
-                connection = await aio_pika.connect(
+                connection = await open_connection(
                     self._cfg.url,
                     timeout=self._cfg.connect_timeout,
                     heartbeat=self._cfg.heartbeat,

@@ -198,8 +198,8 @@ class Poller:
         except PublishError as exc:
             log_event(
                 log, logging.WARNING, "publish.failed",
-                **self._fields(), message_id=out.message_id, error=type(exc).__name__,
-                detail=str(exc)[:200],
+                **self._fields(), event=out.event, message_id=out.message_id,
+                error=type(exc).__name__, detail=str(exc)[:200],
             )  # fmt: skip
             # Not deleted: the same notification returns on the next receive.
             await sleep_unless(self._stop, self._backoff.delay(0))

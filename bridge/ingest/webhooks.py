@@ -161,6 +161,7 @@ class Webhooks:
                 log, logging.WARNING, "publish.failed",
                 provider=str(outs[0].headers["x-provider"]),
                 instance=str(outs[0].headers["x-instance"]),
+                event=outs[0].event, message_id=outs[0].message_id,
                 error=type(exc).__name__, detail=str(exc)[:200], messages=len(outs),
             )  # fmt: skip
             raise Reject(503, "broker did not confirm") from None

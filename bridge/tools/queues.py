@@ -34,11 +34,11 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final, NamedTuple
 
-import aio_pika
 import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
+from bridge.amqp.connection import open_connection
 from bridge.config import AmqpConfig, load, mask_url
 from bridge.errors import ConfigError, TopologyError
 
@@ -371,7 +371,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def declare(url: str, todo: Plan) -> list[Row]:
-    connection = await aio_pika.connect(url, timeout=TIMEOUT)
+    connection = await open_connection(url, timeout=TIMEOUT)
     try:
         return await apply(connection, todo)
     finally:

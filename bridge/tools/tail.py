@@ -36,12 +36,12 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Final, NamedTuple, TextIO
 
-import aio_pika
 import aiormq.exceptions
 import msgspec
 from aio_pika.abc import AbstractIncomingMessage
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
+from bridge.amqp.connection import open_connection
 from bridge.config import mask_url
 from bridge.errors import ConfigError
 from bridge.tools.queues import add_broker_arguments, broker_target
@@ -165,7 +165,7 @@ async def tail(
     stop = stop or asyncio.Event()
     printed = 0
     render = format_pretty if pretty else format_json
-    connection = await aio_pika.connect(
+    connection = await open_connection(
         url, timeout=TIMEOUT, client_properties={"connection_name": "bridge tail"}
     )
     try:

@@ -134,3 +134,7 @@ def test_ids_from_payloads_are_capped_in_headers() -> None:
     )  # fmt: skip
     assert len(str(out.headers["x-chat-id"])) == 512
     assert len(str(out.headers["x-message-key"])) == 512
+
+
+def test_backoff_floor_holds_even_in_tests() -> None:
+    assert Backoff(floor=0.05).delay(7) == 0.05  # retries are switched off in tests, not spinning
