@@ -69,7 +69,7 @@ _RAW_ONE: Final = msgspec.json.Decoder(msgspec.Raw)
 _ENCODER: Final = msgspec.json.Encoder()
 
 
-def _decode(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
+def decode_body(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
     try:
         return decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -96,16 +96,16 @@ def _latency(value: float | None, *, allow_none: bool) -> float | None:
 def _notifications(body: bytes) -> list[bytes]:
     stripped = body.strip()
     if stripped.startswith(b"["):
-        raws = [bytes(raw) for raw in _decode(_RAW_LIST, stripped)]
+        raws = [bytes(raw) for raw in decode_body(_RAW_LIST, stripped)]
     else:
-        raws = [bytes(_decode(_RAW_ONE, stripped))]
+        raws = [bytes(decode_body(_RAW_ONE, stripped))]
     if not all(raw.startswith(b"{") for raw in raws):
         raise ControlError(400, "every notification must be a JSON object (use /raw otherwise)")
     return raws
 
 
 def _add_instance(state: FakeGreenApi, body: bytes) -> bytes:
-    spec = _decode(_INSTANCE_SPEC, body)
+    spec = decode_body(_INSTANCE_SPEC, body)
     id = _instance_id(spec.id)
     if not spec.token or "/" in spec.token:
         raise ControlError(400, "token must be a non-empty string without '/'")
@@ -129,7 +129,7 @@ def _instance_route(state: FakeGreenApi, method: str, id: str, action: str, body
             ids = [state.enqueue(id, body)]
             return _ENCODER.encode(_Enqueued(enqueued=1, receiptIds=ids))
         case "PUT", "faults":
-            decoded = _decode(_FAULTS, body)
+            decoded = decode_body(_FAULTS, body)
             faults = decoded if isinstance(decoded, list) else [decoded]
             for fault in faults:
                 state.set_fault(id, fault)
@@ -137,7 +137,7 @@ def _instance_route(state: FakeGreenApi, method: str, id: str, action: str, body
         case "DELETE", "faults":
             return _ENCODER.encode({"cleared": state.clear_faults(id)})
         case "PUT", "latency":
-            latency = _latency(_decode(_LATENCY_SPEC, body).latency, allow_none=True)
+            latency = _latency(decode_body(_LATENCY_SPEC, body).latency, allow_none=True)
             state.set_latency(id, latency)
             return _ENCODER.encode({"latency": latency})
     if action in ("", "notifications", "raw", "faults", "latency"):
@@ -158,7 +158,7 @@ def _route(state: FakeGreenApi, method: str, parts: list[str], body: bytes) -> b
         case ["latency"]:
             if method != "PUT":
                 raise ControlError(405, "Method Not Allowed")
-            latency = _latency(_decode(_LATENCY_SPEC, body).latency, allow_none=False)
+            latency = _latency(decode_body(_LATENCY_SPEC, body).latency, allow_none=False)
             assert latency is not None
             state.latency = latency
             return _ENCODER.encode({"latency": latency})

@@ -39,7 +39,7 @@ from typing import Any, Final, TypeVar
 import msgspec
 
 from bridge.fake.chatapi import ChatApiConfig, ChatKind, FakeChatApi, UnknownChatApiInstance
-from bridge.fake.control import ControlError
+from bridge.fake.control import ControlError, decode_body
 from bridge.fake.evolution import FakeEvolution, UnknownEvolutionInstance
 from bridge.fake.evolution_push import RetryPolicy
 from bridge.fake.greenapi import FakeGreenApi, UnknownInstanceError
@@ -81,13 +81,6 @@ _PUSH_TIMING: Final = msgspec.json.Decoder(_PushTiming)
 _ENCODER: Final = msgspec.json.Encoder()
 
 
-def _decode(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
-    try:
-        return decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise ControlError(400, f"invalid request body: {exc}") from None
-
-
 def _convert(value: object, kind: type[T]) -> T:
     try:
         return msgspec.convert(value, kind)
@@ -117,7 +110,7 @@ def _greenapi(state: FakeGreenApi, method: str, parts: list[str], body: bytes) -
         case "GET", ["instances", id, "push"]:
             return _ENCODER.encode(state.push_stats(id))
         case "PUT", ["push"]:
-            timing = _decode(_PUSH_TIMING, body)
+            timing = decode_body(_PUSH_TIMING, body)
             _seconds(timing.timeout, "timeout")
             _seconds(timing.pause, "pause")
             if timing.timeout is not None:
@@ -133,7 +126,7 @@ def _greenapi(state: FakeGreenApi, method: str, parts: list[str], body: bytes) -
 def _evolution(state: FakeEvolution, method: str, parts: list[str], body: bytes) -> bytes:
     match method, parts:
         case "POST", ["instances"]:
-            spec = _decode(_EVOLUTION_SPEC, body)
+            spec = decode_body(_EVOLUTION_SPEC, body)
             if not spec.name or "/" in spec.name or not spec.token:
                 raise ControlError(400, "name and token must be non-empty, name without '/'")
             try:
@@ -151,13 +144,13 @@ def _evolution(state: FakeEvolution, method: str, parts: list[str], body: bytes)
             return _ENCODER.encode(state.stats(name))
         case "POST", ["instances", name, "events"]:
             state.instance(name)
-            events = _many(_decode(_EVENTS, body))
+            events = _many(decode_body(_EVENTS, body))
             scheduled = sum(state.enqueue(name, e.event, bytes(e.data)) for e in events)
             return _ENCODER.encode({"enqueued": len(events), "scheduled": scheduled})
         case "PUT", ["retry"]:
             current = dataclasses.asdict(state.retry)
             current["non_retryable"] = sorted(current["non_retryable"])
-            patch = _decode(_OBJECT, body)
+            patch = decode_body(_OBJECT, body)
             policy = _convert({**current, **patch}, RetryPolicy)
             for name in ("timeout", "initial_delay", "max_delay"):
                 _seconds(getattr(policy, name), name)
@@ -173,7 +166,7 @@ def _evolution(state: FakeEvolution, method: str, parts: list[str], body: bytes)
 def _chatapi(state: FakeChatApi, method: str, parts: list[str], body: bytes) -> bytes:
     match method, parts:
         case "POST", ["instances"]:
-            fields = _decode(_OBJECT, body)
+            fields = decode_body(_OBJECT, body)
             id, token = str(fields.pop("id", "")), fields.pop("token", "")
             if not id or not isinstance(token, str) or not token:
                 raise ControlError(400, "id and token must be non-empty")
@@ -187,12 +180,12 @@ def _chatapi(state: FakeChatApi, method: str, parts: list[str], body: bytes) -> 
             return _ENCODER.encode(state.stats(id))
         case "PUT", ["instances", id]:
             current = msgspec.structs.asdict(state.instance(id).config)
-            changes = _decode(_OBJECT, body)
+            changes = decode_body(_OBJECT, body)
             state.configure(id, _config({**current, **changes}))
             return _ENCODER.encode(state.stats(id))
         case "POST", ["instances", id, "items"]:
             state.instance(id)
-            items = _many(_decode(_ITEMS, body))
+            items = _many(decode_body(_ITEMS, body))
             state.enqueue_many(id, [(i.kind, bytes(i.item)) for i in items])
             return _ENCODER.encode({"enqueued": len(items)})
         case "GET", ["stats"]:
