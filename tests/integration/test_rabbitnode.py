@@ -211,6 +211,11 @@ async def test_kill_and_restart_keeps_durable_data(rabbit: RabbitNode) -> None:
         await asyncio.to_thread(rabbit.restart)
         assert rabbit.beam_pids() and rabbit.beam_pids() != old_pids
         await asyncio.wait_for(watch.reconnected.wait(), 30)
+        # a classic queue recovers its index after the restart: its count may read 0 at first
+        for _ in range(60):
+            if (await asyncio.to_thread(rabbit.list_queues)).get(name) == 1:
+                break
+            await asyncio.sleep(0.5)
         assert (await asyncio.to_thread(rabbit.list_queues))[name] == 1
         queue = await channel.get_queue(name)
         message = await queue.get(timeout=5)
