@@ -31,6 +31,7 @@ from bridge.fake.push import backoff_delay
 from bridge.fake.samples import numbered_notifications, sample_notifications
 from bridge.fake.server import run_fake_provider, serve_socket
 from bridge.fake.settings import SettingsError, apply_settings, default_settings
+from tests.support.harness import http_receiver
 
 ID = "1101000001"
 TOKEN = "f1e2d3c4b5a6978812345678abcdef0123456789abcdef0123"
@@ -109,17 +110,10 @@ def _socket() -> socket.socket:
 @pytest.fixture(scope="module")
 async def receiver() -> AsyncIterator[Receiver]:
     recv = Receiver()
-    app = web.Application()
-    app.router.add_route("POST", "/{tail:.*}", recv.handle)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    recv.url = f"http://{host}:{port}"
-    yield recv
-    recv.release.set()
-    await runner.cleanup()
+    async with http_receiver(recv.handle) as url:
+        recv.url = url
+        yield recv
+        recv.release.set()
 
 
 @dataclass

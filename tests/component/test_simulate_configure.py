@@ -21,6 +21,7 @@ from aiohttp import web
 from bridge.fake import FakeChatApi, FakeEvolution, FakeGreenApi, sample_notifications
 from bridge.fake.server import serve_socket
 from bridge.tools import configure, simulate
+from tests.support.harness import http_receiver
 
 ID = "1101000001"
 TOKEN = "f1e2d3c4b5a6978812345678abcdef0123456789abcdef0123"
@@ -45,16 +46,9 @@ class Recorder:
 @pytest.fixture(scope="module")
 async def recorder_server() -> AsyncIterator[Recorder]:
     recorder = Recorder()
-    app = web.Application()
-    app.router.add_route("POST", "/{tail:.*}", recorder.handle)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    recorder.url = f"http://{host}:{port}"
-    yield recorder
-    await runner.cleanup()
+    async with http_receiver(recorder.handle) as url:
+        recorder.url = url
+        yield recorder
 
 
 @pytest.fixture

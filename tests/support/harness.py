@@ -8,9 +8,10 @@ import contextlib
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
@@ -216,3 +217,23 @@ async def drain_sink(amqp_url: str, sink: str) -> list[AbstractIncomingMessage]:
             await message.ack()
         await queue.delete(if_unused=False, if_empty=False)
     return out
+
+
+@contextlib.asynccontextmanager
+async def http_receiver(
+    handle: Callable[[Any], Awaitable[Any]],
+) -> AsyncIterator[str]:
+    """A local aiohttp server sending every POST to `handle`; yields its base URL."""
+    from aiohttp import web
+
+    app = web.Application()
+    app.router.add_route("POST", "/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        await runner.cleanup()
