@@ -28,7 +28,7 @@ management:
 	    && echo "broker: management UI on http://127.0.0.1:15672 (guest/guest)" || true; fi
 
 ## make test: lint, types, and every test tier against the real RabbitMQ
-test: $(BIN)/bridge broker lint typecheck
+test: $(BIN)/bridge broker management lint typecheck
 	$(BIN)/pytest
 
 lint: $(BIN)/bridge
