@@ -245,7 +245,8 @@ class _FakeProvider:
                     await asyncio.sleep(latency)
                 await _answer_fault(send, fault)
                 return
-            await asyncio.sleep(fault.delay)
+            if not await _sleep_unless_gone(fault.delay, receive):
+                return  # the client gave up (its read timeout): this receive is over
         deadline = loop.time() + timeout * self.state.timeout_scale
         while True:
             head = instance.poll_head()
@@ -307,6 +308,20 @@ class _FakeProvider:
             await _answer(send, 400, _bad_request(str(exc)))
             return
         await _answer(send, 200, _SAVED)
+
+
+async def _sleep_unless_gone(delay: float, receive: Receive) -> bool:
+    """Sleep ``delay`` seconds unless the client disconnects first; False on a disconnect."""
+    watcher = asyncio.ensure_future(_until_disconnect(receive))
+    try:
+        done, _ = await asyncio.wait({watcher}, timeout=delay)
+    finally:
+        watcher.cancel()
+    if not done:
+        return True
+    if not watcher.cancelled():
+        watcher.exception()  # a failing receive also means the client is gone
+    return False
 
 
 async def _wait(

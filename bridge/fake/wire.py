@@ -39,7 +39,8 @@ class Fault(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """An answer to substitute for the next ``count`` matching provider calls.
 
     ``count == -1`` keeps the fault until the faults are cleared. ``delay`` is used by
-    ``slow``; ``status`` and ``body`` by ``status``.
+    ``slow``; ``status`` and ``body`` by ``status``. A slow receive whose client disconnects
+    during the delay ends there (it no longer counts as in flight) and delivers nothing.
     """
 
     kind: Literal["status", "quota", "slow", "drop", "empty"]

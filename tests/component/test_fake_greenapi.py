@@ -302,6 +302,24 @@ async def test_slow_fault_delays_a_normal_answer(
     assert time.monotonic() - started >= 0.19
 
 
+async def test_a_client_that_gives_up_on_a_slow_receive_is_no_longer_in_flight(
+    fake: FakeGreenApi, client: httpx.AsyncClient
+) -> None:
+    [receipt_id] = await _enqueue(client, b'{"n":1}')
+    fake.set_fault(ID, Fault(kind="slow", delay=30.0, methods=frozenset({"receive"})))
+    with pytest.raises(httpx.ReadTimeout):
+        await client.get(RECEIVE, timeout=httpx.Timeout(10, read=0.2))
+    for _ in range(100):
+        if fake.instances[ID].in_flight == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert fake.instances[ID].in_flight == 0
+    # the client's retry is the only receive in flight: no overlap, and the head is still there
+    assert (await client.get(RECEIVE)).json()["receiptId"] == receipt_id
+    assert not fake.instance_stats(ID).overlapped
+    assert fake.instance_stats(ID).delivered == 1
+
+
 async def test_faults_queue_in_order_and_count_minus_one_lasts_until_cleared(
     fake: FakeGreenApi, client: httpx.AsyncClient
 ) -> None:
