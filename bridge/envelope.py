@@ -18,6 +18,11 @@ Headers = dict[str, str | int]
 #: Ids taken from a payload are cut to this length in headers: all AMQP headers must fit one
 #: frame, and a hostile id must not make a notification unpublishable (and so block its queue).
 MAX_HEADER_CHARS = 512
+#: AMQP carries `timestamp` as an unsigned 64-bit count of seconds, and clients read it into a
+#: calendar date: a provider time outside 1970..9999 is left out rather than made unpublishable.
+MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31T23:59:59Z
+#: Table integers are signed 64-bit; a larger receipt id travels as its decimal text.
+_INT64 = range(-(2**63), 2**63)
 
 
 class Outbound(NamedTuple):
@@ -52,7 +57,7 @@ def _headers(
         "x-received-at": received_at_ms,
     }
     if receipt_id is not None:
-        headers["x-receipt-id"] = receipt_id
+        headers["x-receipt-id"] = receipt_id if receipt_id in _INT64 else str(receipt_id)
     return headers
 
 
@@ -70,13 +75,16 @@ def build(
 ) -> Outbound:
     headers = _headers(provider, instance, ingest, received_at_ms, receipt_id)
     headers["x-event"] = classified.event
+    timestamp = classified.timestamp
+    if timestamp is not None and not 0 <= timestamp <= MAX_TIMESTAMP:
+        timestamp = None
     if classified.chat_id:
         headers["x-chat-id"] = classified.chat_id[:MAX_HEADER_CHARS]
     if classified.message_key:
         headers["x-message-key"] = classified.message_key[:MAX_HEADER_CHARS]
     return Outbound(
         exchange, routing_key, body, message_id(provider, instance, body),
-        classified.event, classified.timestamp, headers,
+        classified.event, timestamp, headers,
     )  # fmt: skip
 
 
