@@ -1,29 +1,37 @@
-"""Pieces every benchmark shares: child processes, notifications, RSS, progress."""
+"""Pieces every benchmark shares: child processes, CPU and RSS, ports, progress."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import math
 import os
 import signal
+import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
 
 async def spawn(
-    argv: list[str], log_path: Path, env: dict[str, str] | None = None
+    argv: list[str],
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    *,
+    program: Sequence[str] = ("-m", "bridge"),
 ) -> asyncio.subprocess.Process:
-    """Start `python -m bridge ARGV…` with its output in `log_path`."""
+    """Start `python -m bridge ARGV…` (or `python PROGRAM… ARGV…`) with its output in
+    `log_path`."""
     log = log_path.open("wb")
     try:
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bridge", *argv,
+            sys.executable, *program, *argv,
             stdout=log, stderr=log, env={**os.environ, **(env or {})},
         )  # fmt: skip
     finally:
@@ -71,6 +79,75 @@ def cpu_seconds(pid: int) -> float:
         return float("nan")
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
+
+
+class Window:
+    """CPU seconds of some processes between `start()` and `stop()`, as cores used."""
+
+    def __init__(self, pids: Sequence[int]) -> None:
+        self.pids = list(pids)
+        self._before: dict[int, float] = {}
+        self._started = 0.0
+        self.cores: dict[int, float] = {}
+        self.seconds = 0.0
+
+    def start(self) -> None:
+        self._before = {pid: cpu_seconds(pid) for pid in self.pids}
+        self._started = time.perf_counter()
+
+    def stop(self) -> None:
+        self.seconds = time.perf_counter() - self._started
+        self.cores = {
+            pid: (cpu_seconds(pid) - before) / self.seconds for pid, before in self._before.items()
+        }
+
+
+@contextlib.asynccontextmanager
+async def ticking(label: str, total: float) -> AsyncIterator[None]:
+    """Show `label: seconds/total` on a terminal while the block runs."""
+    progress = Progress(label)
+    started = time.monotonic()
+
+    async def tick() -> None:
+        while True:
+            progress.update(int(time.monotonic() - started), math.ceil(total))
+            await asyncio.sleep(0.25)
+
+    task = asyncio.create_task(tick())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        progress.done()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Reset the peak RSS (VmHWM) of a process of ours to its current RSS (Linux ≥ 4.0)."""
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def local_broker_pid(amqp_url: str) -> int | None:
+    """The local RabbitMQ's `beam.smp`, when the URL points at this machine and exactly one
+    runs (its CPU is reported: on a small machine it shares the cores with everything else)."""
+    if urlsplit(amqp_url).hostname not in ("127.0.0.1", "localhost", "::1"):
+        return None
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "comm").read_text().strip() == "beam.smp":
+                    found.append(int(entry.name))
+    return found[0] if len(found) == 1 else None
 
 
 class Progress:
