@@ -33,7 +33,7 @@ from bridge.httpserver import lifespan
 from bridge.ingest.pipeline import Pipeline
 from bridge.logs import log_event
 from bridge.metrics import REGISTRY, acknowledged, received, webhook_responses
-from bridge.providers import chatapi, evolution, greenapi
+from bridge.providers import DECODE_ERRORS, chatapi, evolution, greenapi
 
 log = logging.getLogger("bridge.webhooks")
 
@@ -184,7 +184,7 @@ class Webhooks:
             try:
                 head = _green_head.decode(body)
                 ident = head.instanceData.idInstance if head.instanceData else None
-            except msgspec.DecodeError:
+            except DECODE_ERRORS:
                 ident = None
             if ident is None or isinstance(ident, bool):
                 return [

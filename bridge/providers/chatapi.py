@@ -14,6 +14,7 @@ import msgspec
 from msgspec import Struct
 
 from bridge.errors import PayloadError
+from bridge.providers import DECODE_ERRORS
 from bridge.routing import Classified
 
 PROVIDER = "chatapi"
@@ -54,12 +55,12 @@ def instance_of(body: bytes) -> tuple[dict[str, msgspec.Raw], str]:
     """The top-level members and `instanceId` (as text); `PayloadError` if unreadable."""
     try:
         top = _top.decode(body)
-    except msgspec.DecodeError as exc:
+        raw = top.get("instanceId")
+        value = None if raw is None else msgspec.json.decode(raw)
+    except DECODE_ERRORS as exc:
         raise PayloadError(f"undecodable Chat API webhook: {exc}") from None
-    raw = top.get("instanceId")
     if raw is None:
         raise PayloadError("instanceId missing")
-    value = msgspec.json.decode(raw)
     if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
         raise PayloadError("instanceId is not a string or number")
     return top, str(value)
@@ -76,7 +77,11 @@ def split(top: dict[str, msgspec.Raw], body: bytes, instance: str) -> list[Item]
         if not data.lstrip().startswith(b"["):
             continue
         kind = KINDS.get(name, name)
-        for element in _list.decode(data):
+        try:
+            elements = _list.decode(data)
+        except DECODE_ERRORS as exc:
+            raise PayloadError(f"undecodable Chat API array {name[:100]!r}: {exc}") from None
+        for element in elements:
             item = bytes(element)
             wrapped = b'{"instanceId":' + instance_raw + b',"' + kind.encode() + b'":' + item + b"}"
             items.append(Item(kind, wrapped, _classify(kind, item, instance)))
@@ -92,7 +97,7 @@ def _classify(kind: str, item: bytes, instance: str) -> Classified:
     if kind in ("message", "ack"):
         try:
             m = _message.decode(item)
-        except msgspec.DecodeError:
+        except DECODE_ERRORS:
             return Classified(event=kind, known=known)
         key = None
         if m.id:
@@ -106,7 +111,7 @@ def _classify(kind: str, item: bytes, instance: str) -> Classified:
     if kind == "chatUpdate":
         try:
             u = _update.decode(item)
-        except msgspec.DecodeError:
+        except DECODE_ERRORS:
             return Classified(event=kind, known=known)
         chat = (u.new and u.new.id) or (u.old and u.old.id) or None
         return Classified(event=kind, chat_id=chat, known=known)

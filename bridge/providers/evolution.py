@@ -14,6 +14,7 @@ import msgspec
 from msgspec import Struct
 
 from bridge.errors import PayloadError
+from bridge.providers import DECODE_ERRORS
 from bridge.routing import Classified
 
 PROVIDER = "evolution"
@@ -64,7 +65,7 @@ def read_head(body: bytes) -> Head:
     """Event and instance of an envelope; `PayloadError` when the body is not one."""
     try:
         return _head.decode(body)
-    except msgspec.DecodeError as exc:
+    except DECODE_ERRORS as exc:
         raise PayloadError(f"undecodable Evolution webhook: {exc}") from None
 
 
@@ -110,7 +111,7 @@ def _data_of(raw: msgspec.Raw) -> Data | None:
         return None  # arrays, null, strings: nothing to key on
     try:
         return _data.decode(text)
-    except msgspec.DecodeError:
+    except DECODE_ERRORS:
         return None
 
 

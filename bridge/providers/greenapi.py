@@ -18,6 +18,7 @@ from bridge.errors import (
     SuspendedProviderError,
     TransientProviderError,
 )
+from bridge.providers import DECODE_ERRORS
 from bridge.routing import Classified
 
 PROVIDER = "greenapi"
@@ -103,10 +104,10 @@ def decode_received(data: bytes) -> Received | None:
     try:
         received: Received | None = _received.decode(data)
         return received
-    except msgspec.DecodeError as exc:
+    except DECODE_ERRORS as exc:
         try:
             receipt_id: int | None = _receipt_only.decode(data).receiptId
-        except msgspec.DecodeError:
+        except DECODE_ERRORS:
             # Invalid JSON as a whole (issue #553): the receipt still leads the answer.
             match = _LEADING_RECEIPT.match(data)
             receipt_id = int(match[1]) if match else None
@@ -116,7 +117,7 @@ def decode_received(data: bytes) -> Received | None:
 def decode_deleted(data: bytes) -> Deleted:
     try:
         return _deleted.decode(data)
-    except msgspec.DecodeError as exc:
+    except DECODE_ERRORS as exc:
         raise MalformedResponse(f"deleteNotification answer: {exc}") from None
 
 
@@ -124,7 +125,7 @@ def classify(body: bytes, instance: str) -> Classified:
     """Event type, times and keys of one notification; `PayloadError` if it has no event type."""
     try:
         note = _notification.decode(body)
-    except msgspec.DecodeError as exc:
+    except DECODE_ERRORS as exc:
         raise PayloadError(_payload_reason(exc)) from None
     event = note.typeWebhook
     if not event:
@@ -146,7 +147,7 @@ def classify(body: bytes, instance: str) -> Classified:
     )
 
 
-def _payload_reason(exc: msgspec.DecodeError) -> str:
+def _payload_reason(exc: Exception) -> str:
     text = str(exc)
     if "missing required field `typeWebhook`" in text:
         return "typeWebhook missing"

@@ -7,10 +7,11 @@ import asyncio
 from pathlib import Path
 
 import httpx
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.component.test_webhooks import CHAT_TOKEN, EVO_TOKEN, GREEN_TOKEN, app
+from tests.component.test_webhooks import CHAT_TOKEN, EVO_TOKEN, GREEN_TOKEN, app, bearer
 
 PATHS = st.sampled_from(
     ["/webhooks/greenapi", "/webhooks/greenapi/1101000002", "/webhooks/greenapi/1234", "/webhooks/greenapi/x",
@@ -77,3 +78,27 @@ def test_any_request_gets_a_deliberate_answer(
         assert published == 0
     else:
         assert published >= 1
+
+
+DEEP = b"[" * 1900 + b"]" * 1900  # deeper than the recursion limit, within max_body_bytes
+
+
+@pytest.mark.parametrize(
+    ("path", "token", "body"),
+    [
+        ("/webhooks/greenapi", GREEN_TOKEN, b'{"instanceData":%s}' % DEEP),
+        ("/webhooks/greenapi", GREEN_TOKEN, b'{"instanceData":{"idInstance":"\xff"}}'),
+        ("/webhooks/greenapi/1101000002", GREEN_TOKEN, b'{"typeWebhook":"x","j":%s}' % DEEP),
+        ("/webhooks/evolution", EVO_TOKEN, b'{"event":"\xff","instance":"acme-sales"}'),
+        ("/webhooks/chatapi", CHAT_TOKEN, b'{"instanceId":"79926","messages":[{"id":"\xff"}]}'),
+        ("/webhooks/chatapi", CHAT_TOKEN, b'{"instanceId":"79926","messages":%s}' % DEEP),
+    ],
+)
+async def test_deep_or_invalid_utf8_bodies_are_quarantined(
+    tmp_path: Path, path: str, token: str, body: bytes
+) -> None:
+    client, stub = app(tmp_path)
+    async with client:
+        response = await client.post(path, content=body, headers=bearer(token))
+    assert response.status_code == 200
+    assert stub.published and all(o.body for o in stub.published)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -84,3 +85,32 @@ def test_chatapi(body: bytes) -> None:
     for item in items:
         json.loads(item.body)  # every item is a JSON document of its own
         assert item.classified.event == item.kind
+
+
+DEEP = b"[" * 50_000 + b"]" * 50_000  # beyond any recursion limit
+HOSTILE_BODIES = [
+    b'{"typeWebhook":"x","event":"e","instance":"i","instanceId":1,"j":%s}' % DEEP,
+    b'{"typeWebhook":"\xff","event":"\xff","instance":"i","instanceId":"\xff"}',
+    b'{"instanceId":1,"messages":[{"id":"\xff"}],"ack":[{"id":"\xff"}]}',
+    b'{"instanceId":1,"chatUpdate":[{"new":{"id":"\xff"}}]}',
+    b'{"instanceId":1,"messages":[%s]}' % DEEP,
+    b'{"event":"e","instance":"i","data":{"key":{"id":"\xff"}}}',
+]
+
+
+@pytest.mark.parametrize("body", HOSTILE_BODIES, ids=range(len(HOSTILE_BODIES)))
+def test_deep_nesting_and_invalid_utf8_are_payload_errors(body: bytes) -> None:
+    """msgspec raises RecursionError and UnicodeDecodeError too: the decoders map them."""
+    with contextlib.suppress(PayloadError):
+        greenapi.classify(body, "1")
+    with contextlib.suppress(PayloadError):
+        evolution.classify(evolution.read_head(body), "i")
+    with contextlib.suppress(PayloadError):
+        top, ident = chatapi.instance_of(body)
+        chatapi.split(top, body, ident)
+    for answer in (b'{"receiptId":1,"body":%s}' % body, body):
+        with contextlib.suppress(greenapi.MalformedResponse):
+            greenapi.decode_received(answer)
+        with contextlib.suppress(greenapi.MalformedResponse):
+            greenapi.decode_deleted(answer)
+    assert greenapi.decode_received(b'{"receiptId":1,"body":{"a":"\xff"}}') is not None
