@@ -121,8 +121,8 @@ def _seconds(value: Any) -> int | None:
         return None
     if isinstance(value, int | float):
         return int(value)
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 20:
+        return int(value)  # str.isdigit() alone admits "²", which int() refuses
     if isinstance(value, dict) and isinstance(value.get("low"), int):
         high = value.get("high", 0)
         return (high << 32) + (value["low"] & 0xFFFFFFFF) if isinstance(high, int) else None

@@ -114,3 +114,10 @@ def test_deep_nesting_and_invalid_utf8_are_payload_errors(body: bytes) -> None:
         with contextlib.suppress(greenapi.MalformedResponse):
             greenapi.decode_deleted(answer)
     assert greenapi.decode_received(b'{"receiptId":1,"body":{"a":"\xff"}}') is not None
+
+
+@pytest.mark.parametrize("stamp", ['"\\u00b2"', '"\\u0663"', '"' + "1" * 5000 + '"', '"12"'])
+def test_evolution_odd_numeric_strings(stamp: str) -> None:
+    body = b'{"event":"e","data":{"messageTimestamp":%s}}' % stamp.encode()
+    got = evolution.classify(evolution.read_head(body), "i")
+    assert got.timestamp == (12 if stamp == '"12"' else None)
