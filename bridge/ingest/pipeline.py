@@ -16,7 +16,7 @@ from bridge.errors import PayloadError
 from bridge.logs import log_event
 from bridge.metrics import QUARANTINED, published
 from bridge.providers import chatapi, evolution, greenapi
-from bridge.routing import Classified, routing_key
+from bridge.routing import MAX_ROUTING_KEY_BYTES, Classified, routing_key
 
 log = logging.getLogger("bridge.ingest")
 
@@ -57,6 +57,9 @@ class Pipeline:
         """The message for a classified notification (quarantined if its key cannot route)."""
         received_at_ms = int(time.time() * 1000)
         try:
+            if len(classified.event.encode()) > MAX_ROUTING_KEY_BYTES:
+                # the event is also the AMQP `type` property, a short string, whatever the key
+                raise PayloadError(f"event type longer than {MAX_ROUTING_KEY_BYTES} bytes")
             key = routing_key(
                 source.routing_key,
                 provider=source.provider,

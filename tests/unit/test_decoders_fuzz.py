@@ -121,3 +121,16 @@ def test_evolution_odd_numeric_strings(stamp: str) -> None:
     body = b'{"event":"e","data":{"messageTimestamp":%s}}' % stamp.encode()
     got = evolution.classify(evolution.read_head(body), "i")
     assert got.timestamp == (12 if stamp == '"12"' else None)
+
+
+@pytest.mark.parametrize("template", ["{event}", "{provider}", "all.{instance}"])
+def test_an_event_longer_than_a_short_string_is_quarantined(template: str) -> None:
+    from bridge.config import AmqpConfig, Source
+    from bridge.ingest.pipeline import Pipeline
+    from tests.unit.test_envelope_fuzz import amqp_frames
+
+    source = Source(provider="greenapi", mode="webhook", instance="1", routing_key=template)
+    body = b'{"typeWebhook":"%s"}' % (b"e" * 256)
+    out = Pipeline(AmqpConfig(), None).prepare(source, body, ingest="webhook")  # type: ignore[arg-type]
+    assert out.exchange == "notifications.invalid" and out.body == body
+    amqp_frames(out)
