@@ -69,6 +69,7 @@ def instance_of(body: bytes) -> tuple[dict[str, msgspec.Raw], str]:
 def split(top: dict[str, msgspec.Raw], body: bytes, instance: str) -> list[Item]:
     """One item per array element; a body without arrays is one `status` item."""
     instance_raw = bytes(top["instanceId"])
+    prefix = b'{"instanceId":' + instance_raw + b","
     items: list[Item] = []
     for name, raw in top.items():
         if name == "instanceId":
@@ -83,7 +84,8 @@ def split(top: dict[str, msgspec.Raw], body: bytes, instance: str) -> list[Item]
             raise PayloadError(f"undecodable Chat API array {name[:100]!r}: {exc}") from None
         for element in elements:
             item = bytes(element)
-            wrapped = b'{"instanceId":' + instance_raw + b',"' + kind.encode() + b'":' + item + b"}"
+            # the member name as JSON text: a key may hold quotes or control characters
+            wrapped = prefix + msgspec.json.encode(kind) + b":" + item + b"}"
             items.append(Item(kind, wrapped, _classify(kind, item, instance)))
     if not items:
         if set(top) == {"instanceId"}:

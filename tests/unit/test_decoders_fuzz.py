@@ -134,3 +134,15 @@ def test_an_event_longer_than_a_short_string_is_quarantined(template: str) -> No
     out = Pipeline(AmqpConfig(), None).prepare(source, body, ingest="webhook")  # type: ignore[arg-type]
     assert out.exchange == "notifications.invalid" and out.body == body
     amqp_frames(out)
+
+
+def test_chatapi_odd_array_names_make_json_items() -> None:
+    body = b'{"instanceId":"1","a\\"b":[1],"\\u0000":[2],"messages":[{"id":"m"}]}'
+    top, ident = chatapi.instance_of(body)
+    items = chatapi.split(top, body, ident)
+    assert [json.loads(i.body) for i in items] == [
+        {"instanceId": "1", 'a"b': 1},
+        {"instanceId": "1", "\x00": 2},
+        {"instanceId": "1", "message": {"id": "m"}},
+    ]
+    assert items[2].body == b'{"instanceId":"1","message":{"id":"m"}}'
