@@ -1,7 +1,8 @@
 """The composition root: build the publisher, pipeline and pollers from settings; run; stop.
 
 Graceful stop (`shutdown()`): pollers abandon pending long polls and finish the notification
-in hand (publish, confirm, delete); then in-flight publishes drain and the connection closes.
+in hand (publish, confirm, delete); then the polling leases are freed (the other processes
+take them over), in-flight publishes drain and the connection closes.
 `SIGKILL` at any moment loses nothing: the provider was not acknowledged for what was not
 confirmed.
 """
@@ -14,6 +15,7 @@ import logging
 
 import uvicorn
 
+from bridge.amqp.lease import LeaseKeeper
 from bridge.amqp.publisher import AmqpPublisher
 from bridge.amqp.topology import topology
 from bridge.config import Settings
@@ -45,6 +47,16 @@ class Service:
         self.pipeline = Pipeline(cfg.amqp, self.publisher)
         self._own_client = client is None
         self.client = client or AiohttpProviderHttp(max_connections=cfg.poll.max_connections)
+        polled = [source for source in cfg.sources if source.mode == "poll"]
+        self.leases: LeaseKeeper | None = None
+        if polled and cfg.lease.enabled:
+            self.leases = LeaseKeeper(
+                cfg.lease,
+                cfg.amqp,
+                polled,
+                Backoff(initial=cfg.poll.backoff_initial, maximum=min(cfg.poll.backoff_max, 10.0),
+                        floor=0.05),
+            )  # fmt: skip
         self.pollers = [
             Poller(
                 source,
@@ -52,9 +64,9 @@ class Service:
                 client=self.client,
                 pipeline=self.pipeline,
                 poll=cfg.poll,
+                lease=self.leases.lease(source) if self.leases is not None else None,
             )
-            for source in cfg.sources
-            if source.mode == "poll"
+            for source in polled
         ]
         self.webhooks = Webhooks(settings, self.pipeline)
         http = cfg.http
@@ -77,6 +89,7 @@ class Service:
         self._http_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._publisher_task: asyncio.Task[None] | None = None
+        self._lease_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
 
     async def run(self) -> None:
@@ -94,16 +107,17 @@ class Service:
         for name in self.webhooks.open_sources():
             log_event(log, logging.WARNING, "webhook.unauthenticated_source", source=name)
         log_event(log, logging.INFO, "http.listening", listen=f"{host}:{self.http_port}")
+        if self.leases is not None:
+            self._lease_task = asyncio.create_task(self.leases.run(), name="leases")
         self._tasks = [
             asyncio.create_task(p.run(), name=f"poll {p.source.name}") for p in self.pollers
         ]
         stopped = asyncio.create_task(self._stopped.wait())
+        fatal = {self._publisher_task, *([self._lease_task] if self._lease_task else [])}
         try:
-            done, _ = await asyncio.wait(
-                {self._publisher_task, stopped}, return_when=asyncio.FIRST_COMPLETED
-            )
-            if self._publisher_task in done:
-                self._publisher_task.result()  # raises the fatal error
+            done, _ = await asyncio.wait({*fatal, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done & fatal:
+                task.result()  # raises the fatal error
         finally:
             stopped.cancel()
             if not self._stopped.is_set():
@@ -123,6 +137,10 @@ class Service:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*waiting, return_exceptions=True)
+        if self.leases is not None and self._lease_task is not None:
+            await self.leases.close()  # after the pollers: nothing is received from here on
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(self._lease_task, timeout)
         await self.publisher.close()
         if self._publisher_task is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):

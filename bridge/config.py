@@ -85,6 +85,16 @@ class PollConfig(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     delete_attempts: Annotated[int, Meta(ge=1)] = 10
 
 
+class LeaseConfig(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Per-instance polling leases: several processes share the polling sources."""
+
+    enabled: bool = True
+    interval: PositiveFloat = 1.0  # membership beat and lease check period
+    settle: PositiveFloat = 3.0  # a new holder's wait before its first receive
+    heartbeat: Annotated[int, Meta(ge=1, le=600)] = 5  # AMQP heartbeat of the lease connection
+    exchange: str = "bridge.members"
+
+
 class LogConfig(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "text"] = "auto"
@@ -113,6 +123,7 @@ class Config(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     amqp: AmqpConfig = AmqpConfig()
     http: HttpConfig = HttpConfig()
     poll: PollConfig = PollConfig()
+    lease: LeaseConfig = LeaseConfig()
     log: LogConfig = LogConfig()
     sources: tuple[Source, ...] = ()
 
@@ -159,6 +170,7 @@ def load(
         raise ConfigError(_describe(exc)) from None
     _check(config)
     _check_http(config.http)
+    _check_lease(config.lease)
     if not secrets:
         return Settings(config=config, tokens={}, webhook_tokens={})
     return Settings(
@@ -255,6 +267,15 @@ def _check_http(http: HttpConfig) -> None:
                 raise ConfigError(
                     f"http.{key}[{i}]: not an IP address or network: {value!r}"
                 ) from None
+
+
+def _check_lease(lease: LeaseConfig) -> None:
+    # A holder pauses once its last confirmed beat is 2 intervals old; a taker waits `settle`
+    # after acquiring: the pause must come first, or a cut-off holder could still be receiving.
+    if lease.settle <= 2 * lease.interval:
+        raise ConfigError(
+            f"lease.settle: must be more than twice lease.interval ({2 * lease.interval:g} s)"
+        )
 
 
 def _resolve(config: Config, env: Mapping[str, str], kind: str) -> dict[str, Secret]:

@@ -54,6 +54,23 @@ SOURCE_UP = Gauge(
     ["provider", "instance"],
     registry=REGISTRY,
 )
+LEASE_HELD = Gauge(
+    "bridge_lease_held",
+    "1 while this process holds the instance's polling lease",
+    ["provider", "instance"],
+    registry=REGISTRY,
+)
+LEASE_MEMBERS = Gauge(
+    "bridge_lease_members",
+    "Bridge processes this one hears on the members exchange, itself included",
+    registry=REGISTRY,
+)
+LEASE_CHANGES = Counter(
+    "bridge_lease_changes",
+    "Polling leases acquired, released (handed over), lost (connection gone), suspended",
+    ["change"],
+    registry=REGISTRY,
+)
 WEBHOOK_RESPONSES = Counter(
     "bridge_webhook_responses",
     "Webhook requests answered, by provider and HTTP status",

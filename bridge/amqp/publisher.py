@@ -27,7 +27,7 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from pamqp.commands import Basic
 
 from bridge import APP_ID
-from bridge.amqp.connection import open_connection
+from bridge.amqp.connection import keep_connection
 from bridge.amqp.topology import Topology, declare
 from bridge.config import AmqpConfig, mask_url
 from bridge.envelope import Outbound
@@ -40,7 +40,7 @@ from bridge.errors import (
 )
 from bridge.logs import log_event
 from bridge.metrics import BROKER_UP, CONFIRM_LATENCY, IN_FLIGHT
-from bridge.retry import Backoff, sleep_unless
+from bridge.retry import Backoff
 
 log = logging.getLogger("bridge.amqp")
 
@@ -105,51 +105,24 @@ class AmqpPublisher:
 
     async def run(self) -> None:
         """Keep a confirm channel up until `close()`; raises `TopologyError` (fatal)."""
-        attempt = 0
-        url = mask_url(self._cfg.url)
-        while not self._stop.is_set():
-            try:
-                connection = await open_connection(
-                    self._cfg.url,
-                    timeout=self._cfg.connect_timeout,
-                    heartbeat=self._cfg.heartbeat,
-                    client_properties={"connection_name": f"bridge {APP_ID}"},
-                )
-            except (*CONNECTION_EXCEPTIONS, TimeoutError) as exc:
-                delay = self._backoff.delay(attempt)
-                attempt += 1
-                log_event(
-                    log, logging.WARNING, "broker.connect_failed",
-                    url=url, error=type(exc).__name__, detail=str(exc)[:200],
-                    retry_in=round(delay, 2),
-                )  # fmt: skip
-                await sleep_unless(self._stop, delay)
-                continue
-            try:
-                await self._session(connection, url)
-                attempt = 0
-            except TopologyError as exc:
-                self.fatal = exc
-                raise
-            except (*CONNECTION_EXCEPTIONS, TimeoutError) as exc:
-                log_event(
-                    log, logging.WARNING, "broker.setup_failed",
-                    url=url, error=type(exc).__name__, detail=str(exc)[:200],
-                )  # fmt: skip
-            finally:
-                self._ready.clear()
-                BROKER_UP.set(0)
-                self._channel = None
-                if self._stop.is_set():
-                    await self._drain()
-                await _close_quietly(connection)
-            if not self._stop.is_set():
-                delay = self._backoff.delay(attempt)
-                attempt += 1
-                log_event(log, logging.WARNING, "broker.lost", url=url, retry_in=round(delay, 2))
-                await sleep_unless(self._stop, delay)
+        try:
+            await keep_connection(
+                self._cfg.url, self._session, stop=self._stop, backoff=self._backoff,
+                timeout=self._cfg.connect_timeout, heartbeat=self._cfg.heartbeat,
+                name=f"bridge {APP_ID}", after=self._down, events="broker", log=log,
+            )  # fmt: skip
+        except TopologyError as exc:
+            self.fatal = exc
+            raise
 
-    async def _session(self, connection: aio_pika.abc.AbstractConnection, url: str) -> None:
+    async def _down(self) -> None:
+        self._ready.clear()
+        BROKER_UP.set(0)
+        self._channel = None
+        if self._stop.is_set():
+            await self._drain()
+
+    async def _session(self, connection: aio_pika.abc.AbstractConnection) -> None:
         """Open the confirm channel, declare the topology, serve until lost or stopped."""
         lost = asyncio.Event()
         connection.close_callbacks.add(lambda *_: lost.set())
@@ -161,7 +134,7 @@ class AmqpPublisher:
         self._channel = underlay
         self._ready.set()
         BROKER_UP.set(1)
-        log_event(log, logging.INFO, "broker.ready", url=url)
+        log_event(log, logging.INFO, "broker.ready", url=mask_url(self._cfg.url))
         stop = asyncio.ensure_future(self._stop.wait())
         gone = asyncio.ensure_future(lost.wait())
         try:
@@ -239,10 +212,3 @@ def _timestamp(seconds: int | None) -> datetime | None:
         return datetime.fromtimestamp(seconds, UTC)
     except (OverflowError, OSError, ValueError):
         return None
-
-
-async def _close_quietly(connection: aio_pika.abc.AbstractConnection) -> None:
-    try:
-        await asyncio.wait_for(connection.close(), 5)
-    except (*CONNECTION_EXCEPTIONS, TimeoutError):
-        pass

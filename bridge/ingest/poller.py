@@ -2,6 +2,9 @@
 
     receiveNotification (long poll) → decode → publish (confirm) → deleteNotification
 
+With a lease (`bridge.amqp.lease`), the poller receives only while the lease is usable: a
+revoked lease abandons a pending long poll and lets the notification in hand finish.
+
 The provider is acknowledged (`deleteNotification`) only after `basic.ack`. A failed publish
 leaves the notification at the head of the provider queue; it comes back on the next receive
 and is published again with the same `message_id`. client errors are mapped to the bridge's
@@ -11,11 +14,14 @@ error tree here; every class maps to one action: back off, long back-off, or sto
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
 import httpx
 
+from bridge.amqp.lease import Lease
 from bridge.config import PollConfig, Secret, Source
 from bridge.errors import (
     PermanentProviderError,
@@ -56,8 +62,13 @@ class Poller:
         client: ProviderHttp,
         pipeline: Pipeline,
         poll: PollConfig,
+        lease: Lease | None = None,
     ) -> None:
         self.source = source
+        self._lease = lease
+        self._abandoned = False
+        if lease is not None:
+            lease.on_revoke(self._abandon_receive)
         self._client = client
         self._pipeline = pipeline
         self._poll = poll
@@ -86,45 +97,63 @@ class Poller:
         if self._receiving is not None:
             self._receiving.cancel()
 
+    def _abandon_receive(self) -> None:
+        """The lease was revoked: a pending long poll is dropped (nothing was taken)."""
+        if self._receiving is not None and not self._receiving.done():
+            self._abandoned = True
+            self._receiving.cancel()
+
     async def run(self) -> None:
         SOURCE_UP.labels(self.source.provider, self.source.instance).set(1)
         log_event(log, logging.INFO, "source.started", **self._fields())
         failures = 0
         try:
             while not self._stop.is_set():
-                if not self._pipeline.publisher.is_ready() and not await self._wait_broker():
+                publisher = self._pipeline.publisher
+                if not publisher.is_ready() and not await self._wait(publisher.wait_ready):
                     break
-                try:
-                    received = await self._receive_once()
-                except asyncio.CancelledError:
-                    if self._stop.is_set():
-                        break
-                    raise
-                except PermanentProviderError as exc:
-                    self._stop_loudly(exc, "receive")
-                    return
-                except SuspendedProviderError as exc:
-                    self._count_error("receive", exc)
-                    self._log_failure("receive", exc, self._poll.long_backoff)
-                    await sleep_unless(self._stop, self._poll.long_backoff)
-                    continue
-                except TransientProviderError as exc:
-                    delay = self._backoff.delay(failures)
-                    failures += 1
-                    self._count_error("receive", exc)
-                    self._log_failure("receive", exc, delay)
-                    await sleep_unless(self._stop, delay)
-                    continue
-                except Exception as exc:  # a bug must not silently end the source
-                    await self._unexpected(exc, failures)
-                    failures += 1
-                    continue
-                failures = 0
-                if received is not None:
+                lease = self._lease
+                if (
+                    lease is not None
+                    and not lease.usable()
+                    and not await self._wait(lease.wait_usable)
+                ):
+                    break
+                with lease.in_use() if lease is not None else contextlib.nullcontext():
                     try:
-                        await self._handle(received)
-                    except Exception as exc:  # not deleted: the head comes back
-                        await self._unexpected(exc, 0)
+                        received = await self._receive_once()
+                    except asyncio.CancelledError:
+                        if self._stop.is_set():
+                            break
+                        if self._abandoned:
+                            self._abandoned = False
+                            continue
+                        raise
+                    except PermanentProviderError as exc:
+                        self._stop_loudly(exc, "receive")
+                        return
+                    except SuspendedProviderError as exc:
+                        self._count_error("receive", exc)
+                        self._log_failure("receive", exc, self._poll.long_backoff)
+                        await sleep_unless(self._stop, self._poll.long_backoff)
+                        continue
+                    except TransientProviderError as exc:
+                        delay = self._backoff.delay(failures)
+                        failures += 1
+                        self._count_error("receive", exc)
+                        self._log_failure("receive", exc, delay)
+                        await sleep_unless(self._stop, delay)
+                        continue
+                    except Exception as exc:  # a bug must not silently end the source
+                        await self._unexpected(exc, failures)
+                        failures += 1
+                        continue
+                    failures = 0
+                    if received is not None:
+                        try:
+                            await self._handle(received)
+                        except Exception as exc:  # not deleted: the head comes back
+                            await self._unexpected(exc, 0)
         finally:
             if self.stopped_reason is None:
                 log_event(log, logging.INFO, "source.stopped", **self._fields())
@@ -137,9 +166,9 @@ class Poller:
         )  # fmt: skip
         await sleep_unless(self._stop, delay)
 
-    async def _wait_broker(self) -> bool:
-        """Pause (without receiving) until the broker is ready; False if stopped meanwhile."""
-        waiter = asyncio.ensure_future(self._pipeline.publisher.wait_ready())
+    async def _wait(self, ready: Callable[[], Awaitable[None]]) -> bool:
+        """Pause (without receiving) until `ready()` returns; False if stopped meanwhile."""
+        waiter = asyncio.ensure_future(ready())
         stopper = asyncio.ensure_future(self._stop.wait())
         try:
             await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)

@@ -74,6 +74,10 @@ class Names:
     def invalid(self) -> str:
         return f"{self.prefix}.notifications.invalid"
 
+    @property
+    def members(self) -> str:
+        return f"{self.prefix}.members"
+
 
 def token_for(instance: str) -> str:
     return f"tok-{instance}-{'x' * 24}"
@@ -89,6 +93,7 @@ def bridge_toml(
     extra: str = "",
     source_extra: str = "",
     http_extra: str = "",
+    lease: str = "interval = 0.25\nsettle = 0.75",
 ) -> tuple[str, dict[str, str]]:
     lines = [
         "[amqp]",
@@ -106,6 +111,9 @@ def bridge_toml(
         "long_backoff = 1",
         "timeout_margin = 5",
         extra,
+        "[lease]",  # quick hand-overs in tests; the defaults are documented in configuration
+        f'exchange = "{names.members}"',
+        lease,
     ]
     env: dict[str, str] = {}
     for ident in instances:
@@ -182,7 +190,7 @@ async def delete_topology(amqp_url: str, names: Names) -> None:
         for queue in (names.unrouted, names.invalid):
             with contextlib.suppress(Exception):
                 await channel.queue_delete(queue)
-        for exchange in (names.exchange, names.unrouted, names.invalid):
+        for exchange in (names.exchange, names.unrouted, names.invalid, names.members):
             with contextlib.suppress(Exception):
                 await channel.exchange_delete(exchange)
     finally:

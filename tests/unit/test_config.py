@@ -123,6 +123,8 @@ def test_env_overrides(tmp_path: Path) -> None:
         (POLL.replace('token_env = "TOKEN_1"', ""), ENV, r"token_env or token_file"),
         ("[[sources]]\nmode = 'poll'\n", ENV, r"sources\[0\]\.provider: required key missing"),
         ("not toml [", {}, "invalid TOML"),
+        ("[lease]\ninterval = 2\nsettle = 3\n", {}, r"lease\.settle: must be more than twice"),
+        ("[lease]\nheartbeat = 0\n", {}, r"lease\.heartbeat"),
     ],
 )
 def test_invalid_config_names_the_key(

@@ -7,10 +7,16 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from bridge.config import AmqpConfig, HttpConfig, LogConfig, PollConfig, Source
+from bridge.config import AmqpConfig, HttpConfig, LeaseConfig, LogConfig, PollConfig, Source
 
 DOC = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
-SECTIONS = {"amqp": AmqpConfig, "http": HttpConfig, "poll": PollConfig, "log": LogConfig}
+SECTIONS = {
+    "amqp": AmqpConfig,
+    "http": HttpConfig,
+    "poll": PollConfig,
+    "lease": LeaseConfig,
+    "log": LogConfig,
+}
 
 
 @pytest.mark.parametrize(

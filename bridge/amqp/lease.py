@@ -1,0 +1,390 @@
+"""Per-instance polling leases on RabbitMQ: each instance is polled by one process at a time.
+
+A lease is an exclusive queue `bridge.lease.<provider>.<instance>`: RabbitMQ lets one
+connection declare it and deletes it when that connection goes, so a process that dies or is
+cut off loses its leases without doing anything. Each process (a member):
+
+1. keeps its own connection for leases, heartbeat `lease.heartbeat`;
+2. beats every `lease.interval` on the fanout exchange `lease.exchange` — its id, the leases
+   it can take (its polling sources), the ones it holds — and hears everyone's beats
+   (`bridge.placement.Members`; silent for 3 intervals = gone, a stopping member says so);
+3. computes the same plan as every other member (`bridge.placement.assign`), takes the
+   leases the plan gives it that no live member says it holds, and hands over the ones the
+   plan gives to a member seen for 2 intervals: revoke, let the poller finish the
+   notification in hand, delete the queue.
+
+Two rules keep a cut-off holder and a new holder from receiving at once. A holder revokes
+every lease once its last confirmed beat is 2 intervals old (it may be cut off and not know
+it yet). A new holder waits `lease.settle` (> 2 intervals) after taking a lease before its
+first receive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Callable, Iterable, Iterator
+
+import aio_pika
+import aiormq.exceptions
+import msgspec
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS
+
+from bridge import APP_ID
+from bridge.amqp.connection import keep_connection
+from bridge.config import AmqpConfig, LeaseConfig, Source
+from bridge.errors import TopologyError
+from bridge.logs import log_event
+from bridge.metrics import LEASE_CHANGES, LEASE_HELD, LEASE_MEMBERS
+from bridge.placement import BEAT_DECODER, BEAT_ENCODER, Beat, Members, assign
+from bridge.retry import Backoff
+
+log = logging.getLogger("bridge.lease")
+
+QUIESCE_TIMEOUT = 60.0  # longest wait for a poller to finish its notification before a handover
+
+
+def lease_name(source: Source) -> str:
+    return f"bridge.lease.{source.provider}.{source.instance}"
+
+
+def member_id() -> str:
+    return f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
+
+
+class Lease:
+    """One polling source's right to receive, as its poller sees it."""
+
+    def __init__(self, name: str, provider: str, instance: str) -> None:
+        self.name = name
+        self.provider = provider
+        self.instance = instance
+        self._usable = asyncio.Event()
+        self._on_revoke: list[Callable[[], None]] = []
+        self._users = 0
+        self._unused = asyncio.Event()
+        self._unused.set()
+
+    # -- the poller's side -------------------------------------------------------------
+
+    def usable(self) -> bool:
+        return self._usable.is_set()
+
+    async def wait_usable(self) -> None:
+        await self._usable.wait()
+
+    def on_revoke(self, callback: Callable[[], None]) -> None:
+        """`callback()` runs when the lease stops being usable (abandon a pending receive)."""
+        self._on_revoke.append(callback)
+
+    @contextlib.contextmanager
+    def in_use(self) -> Iterator[None]:
+        """Around a receive and the notification it brought: a handover waits for it."""
+        self._users += 1
+        self._unused.clear()
+        try:
+            yield
+        finally:
+            self._users -= 1
+            if not self._users:
+                self._unused.set()
+
+    # -- the keeper's side -------------------------------------------------------------
+
+    def grant(self) -> None:
+        self._usable.set()
+
+    def revoke(self) -> None:
+        if self._usable.is_set():
+            self._usable.clear()
+            for callback in self._on_revoke:
+                callback()
+
+    async def quiesce(self, timeout: float) -> bool:
+        """Wait until no receive or notification is in hand; False on timeout."""
+        try:
+            await asyncio.wait_for(self._unused.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
+class LeaseKeeper:
+    def __init__(
+        self,
+        cfg: LeaseConfig,
+        amqp: AmqpConfig,
+        sources: Iterable[Source],
+        backoff: Backoff | None = None,
+    ) -> None:
+        self._cfg = cfg
+        self._amqp = amqp
+        self._backoff = backoff or Backoff(initial=0.2, maximum=10.0, floor=0.05)
+        self.member = member_id()
+        self.leases = {lease_name(s): Lease(lease_name(s), s.provider, s.instance) for s in sources}
+        self._sources = list(self.leases)
+        self._members = Members(expiry=3 * cfg.interval)
+        self._held: set[str] = set()  # queues this connection owns
+        self._settled: set[str] = set()  # held for `settle` seconds: usable unless suspended
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._releasing: dict[str, asyncio.Task[None]] = {}
+        self._suspended = False
+        self._suspend_timer: asyncio.TimerHandle | None = None
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._exchange: AbstractExchange | None = None
+        self._connection: aio_pika.abc.AbstractConnection | None = None
+        self._channel: AbstractChannel | None = None  # for declares; closed by a refusal
+        self._plan_key: frozenset[tuple[str, frozenset[str]]] | None = None
+        self._plan: dict[str, str] = {}
+
+    def lease(self, source: Source) -> Lease:
+        return self.leases[lease_name(source)]
+
+    def held(self) -> set[str]:
+        return set(self._held)
+
+    async def run(self) -> None:
+        """Hold leases until `close()`; raises `TopologyError` (fatal)."""
+        await keep_connection(
+            self._amqp.url, self._session, stop=self._stop, backoff=self._backoff,
+            timeout=self._amqp.connect_timeout, heartbeat=self._cfg.heartbeat,
+            name=f"bridge {APP_ID} leases {self.member}", after=self._down, events="lease",
+            log=log,
+        )  # fmt: skip
+
+    async def close(self) -> None:
+        """Stop: say so to the other members; closing the connection frees every lease."""
+        self._stop.set()
+        self._wake.set()
+
+    # -- one connection ----------------------------------------------------------------
+
+    async def _session(self, connection: aio_pika.abc.AbstractConnection) -> None:
+        lost = asyncio.Event()
+        connection.close_callbacks.add(lambda *_: lost.set())
+        channel = await connection.channel(publisher_confirms=True)
+        channel.close_callbacks.add(lambda *_: lost.set())
+        timeout = self._amqp.connect_timeout
+        try:
+            exchange = await channel.declare_exchange(
+                self._cfg.exchange, aio_pika.ExchangeType.FANOUT, durable=True, timeout=timeout
+            )
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            raise TopologyError(f"RabbitMQ holds a conflicting object: {exc}") from None
+        inbox = await channel.declare_queue(
+            exclusive=True,
+            arguments={"x-message-ttl": int(self._members.expiry * 1000)},
+            timeout=timeout,
+        )
+        await inbox.bind(exchange, timeout=timeout)
+        await inbox.consume(self._on_beat, no_ack=True, timeout=timeout)
+        self._connection, self._exchange = connection, exchange
+        self._members = Members(expiry=3 * self._cfg.interval)
+        loop = asyncio.get_running_loop()
+        planning_from = loop.time() + 1.5 * self._cfg.interval  # hear the others first
+        log_event(log, logging.INFO, "lease.connected", member=self.member)
+        beats = asyncio.create_task(self._beats(lost), name="lease beats")
+        try:
+            while not self._stop.is_set() and not lost.is_set() and not beats.done():
+                gone = self._members.expire(loop.time())
+                if gone:
+                    log_event(log, logging.INFO, "lease.members_gone", members=gone)
+                LEASE_MEMBERS.set(len(self._members) + 1)
+                if loop.time() >= planning_from:
+                    await self._rebalance()
+                self._wake.clear()
+                await _first(self._stop, lost, self._wake, timeout=self._cfg.interval)
+        finally:
+            beats.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beats  # re-raises what ended the beats (a lost connection)
+        if self._stop.is_set() and not lost.is_set():
+            with contextlib.suppress(*CONNECTION_EXCEPTIONS, TimeoutError):
+                await self._publish(Beat(member=self.member, leaving=True))
+
+    async def _down(self) -> None:
+        for task in self._releasing.values():
+            task.cancel()
+        self._releasing.clear()
+        lost = sorted(self._held)
+        for name in lost:
+            self._drop(name)
+        if self._suspend_timer is not None:
+            self._suspend_timer.cancel()
+        self._suspended = False
+        self._connection = self._exchange = self._channel = None
+        if lost and not self._stop.is_set():
+            LEASE_CHANGES.labels("lost").inc(len(lost))
+            log_event(log, logging.WARNING, "lease.lost", count=len(lost), leases=_few(lost))
+
+    # -- beats -------------------------------------------------------------------------
+
+    async def _beats(self, lost: asyncio.Event) -> None:
+        """Beat every interval, on its own: a long rebalance must not delay a beat."""
+        while not self._stop.is_set() and not lost.is_set():
+            await self._beat()
+            await _first(self._stop, lost, timeout=self._cfg.interval)
+
+    async def _on_beat(self, message: AbstractIncomingMessage) -> None:
+        try:
+            beat = BEAT_DECODER.decode(message.body)
+        except msgspec.DecodeError:
+            log_event(log, logging.WARNING, "lease.bad_beat", size=len(message.body))
+            return
+        if beat.member == self.member:
+            return
+        if self._members.saw(beat, asyncio.get_running_loop().time()):
+            log_event(
+                log, logging.INFO, "lease.member_seen" if not beat.leaving else "lease.member_left",
+                member=beat.member, sources=len(beat.sources),
+            )  # fmt: skip
+            self._wake.set()
+
+    async def _beat(self) -> None:
+        beat = Beat(member=self.member, sources=self._sources, held=sorted(self._held))
+        try:
+            await self._publish(beat)
+        except TimeoutError:
+            log_event(log, logging.WARNING, "lease.beat_unconfirmed", member=self.member)
+            return
+        loop = asyncio.get_running_loop()
+        if self._suspend_timer is not None:
+            self._suspend_timer.cancel()
+        self._suspend_timer = loop.call_later(2 * self._cfg.interval, self._suspend)
+        if self._suspended:
+            self._suspended = False
+            log_event(log, logging.INFO, "lease.resumed", held=len(self._held))
+            for name in self._settled:
+                self.leases[name].grant()
+
+    async def _publish(self, beat: Beat) -> None:
+        assert self._exchange is not None
+        message = aio_pika.Message(BEAT_ENCODER.encode(beat), content_type="application/json")
+        await self._exchange.publish(message, routing_key="", timeout=self._cfg.interval)
+
+    def _suspend(self) -> None:
+        """No beat confirmed for 2 intervals: this process may be cut off; stop receiving."""
+        if self._suspended or not self._held:
+            return
+        self._suspended = True
+        LEASE_CHANGES.labels("suspended").inc()
+        log_event(log, logging.WARNING, "lease.suspended", held=len(self._held))
+        for name in self._held:
+            self.leases[name].revoke()
+
+    # -- the plan ----------------------------------------------------------------------
+
+    async def _rebalance(self) -> None:
+        view = self._members.sources()
+        view[self.member] = frozenset(self._sources)
+        key = frozenset(view.items())
+        if key != self._plan_key:
+            self._plan_key, self._plan = key, assign(view)
+        now = asyncio.get_running_loop().time()
+        holders = self._members.holders(exclude=self.member)
+        acquired: list[str] = []
+        for name in self._sources:
+            target = self._plan.get(name)
+            if name in self._held:
+                age = 2 * self._cfg.interval
+                stable = target is not None and self._members.stable(target, now, age)
+                if target != self.member and stable and name not in self._releasing:
+                    task = asyncio.create_task(self._release(name), name=f"release {name}")
+                    self._releasing[name] = task
+            elif target == self.member and name not in holders and await self._acquire(name):
+                acquired.append(name)
+            if self._stop.is_set():
+                return
+        if acquired:
+            LEASE_CHANGES.labels("acquired").inc(len(acquired))
+            log_event(
+                log, logging.INFO, "lease.acquired",
+                count=len(acquired), held=len(self._held), leases=_few(acquired),
+            )  # fmt: skip
+
+    async def _acquire(self, name: str) -> bool:
+        channel = await self._declare_channel()
+        try:
+            await channel.declare_queue(name, exclusive=True, timeout=self._amqp.connect_timeout)
+        except aiormq.exceptions.ChannelLockedResource:
+            self._channel = None  # held by another connection; the refusal closed the channel
+            return False
+        except (
+            aiormq.exceptions.ChannelPreconditionFailed,
+            aiormq.exceptions.ChannelAccessRefused,
+        ) as exc:
+            self._channel = None
+            log_event(log, logging.ERROR, "lease.refused", lease=name, detail=str(exc)[:200])
+            return False
+        self._held.add(name)
+        lease = self.leases[name]
+        LEASE_HELD.labels(lease.provider, lease.instance).set(1)
+        loop = asyncio.get_running_loop()
+        self._timers[name] = loop.call_later(self._cfg.settle, self._settle, name)
+        return True
+
+    async def _declare_channel(self) -> AbstractChannel:
+        if self._channel is None or self._channel.is_closed:
+            assert self._connection is not None
+            self._channel = await self._connection.channel(publisher_confirms=False)
+        return self._channel
+
+    def _settle(self, name: str) -> None:
+        self._timers.pop(name, None)
+        if name in self._held:
+            self._settled.add(name)
+            if not self._suspended:
+                self.leases[name].grant()
+
+    async def _release(self, name: str) -> None:
+        """Hand a lease over: stop receiving, finish the notification in hand, free it."""
+        lease = self.leases[name]
+        try:
+            lease.revoke()
+            timer = self._timers.pop(name, None)
+            if timer is not None:
+                timer.cancel()
+            self._settled.discard(name)
+            if not await lease.quiesce(QUIESCE_TIMEOUT):
+                log_event(log, logging.WARNING, "lease.quiesce_timeout", lease=name)
+            channel = await self._declare_channel()
+            await channel.queue_delete(name, timeout=self._amqp.connect_timeout)
+            self._drop(name)
+            LEASE_CHANGES.labels("released").inc()
+            log_event(log, logging.INFO, "lease.released", lease=name, held=len(self._held))
+        except (*CONNECTION_EXCEPTIONS, TimeoutError) as exc:
+            self._channel = None
+            log_event(log, logging.WARNING, "lease.release_failed", lease=name, error=repr(exc))
+        finally:
+            self._releasing.pop(name, None)
+
+    def _drop(self, name: str) -> None:
+        lease = self.leases[name]
+        lease.revoke()
+        timer = self._timers.pop(name, None)
+        if timer is not None:
+            timer.cancel()
+        self._held.discard(name)
+        self._settled.discard(name)
+        LEASE_HELD.labels(lease.provider, lease.instance).set(0)
+
+
+async def _first(*events: asyncio.Event, timeout: float) -> None:
+    """Wait until one of `events` is set, at most `timeout` seconds."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waits:
+            waiter.cancel()
+
+
+def _few(names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown}, … ({len(names) - limit} more)"

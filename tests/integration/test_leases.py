@@ -1,0 +1,145 @@
+"""Polling leases on the real broker: one holder per instance, even spread, takeover."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from bridge.amqp.lease import LeaseKeeper, lease_name
+from bridge.config import AmqpConfig, LeaseConfig, Source
+from tests.conftest import AMQP_URL
+from tests.support.harness import wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+
+INTERVAL = 0.2
+SETTLE = 0.6
+
+
+def sources(count: int) -> list[Source]:
+    base = random.randrange(10**9, 9 * 10**9)
+    return [
+        Source(provider="greenapi", mode="poll", instance=str(base + i), api_url="http://x",
+               token_env="T")
+        for i in range(count)
+    ]  # fmt: skip
+
+
+def keeper(srcs: list[Source], exchange: str) -> LeaseKeeper:
+    cfg = LeaseConfig(interval=INTERVAL, settle=SETTLE, heartbeat=2, exchange=exchange)
+    return LeaseKeeper(cfg, AmqpConfig(url=AMQP_URL, connect_timeout=5), srcs)
+
+
+@contextlib.asynccontextmanager
+async def running(k: LeaseKeeper) -> AsyncIterator[asyncio.Task[None]]:
+    task = asyncio.create_task(k.run())
+    try:
+        yield task
+    finally:
+        await k.close()
+        with contextlib.suppress(asyncio.CancelledError):  # a test may have killed it
+            await asyncio.wait_for(task, 10)
+
+
+def usable(k: LeaseKeeper) -> set[str]:
+    return {name for name, lease in k.leases.items() if lease.usable()}
+
+
+@pytest.fixture
+def exchange() -> str:
+    return f"t{uuid.uuid4().hex[:10]}.members"
+
+
+@contextlib.asynccontextmanager
+async def no_overlap(keepers: list[LeaseKeeper]) -> AsyncIterator[None]:
+    """Fail if, at any sampled moment, two members may receive for the same lease."""
+    overlaps: list[set[str]] = []
+
+    async def watch() -> None:
+        while True:
+            seen: set[str] = set()
+            for k in keepers:
+                mine = usable(k)
+                if mine & seen:
+                    overlaps.append(mine & seen)
+                seen |= mine
+            await asyncio.sleep(0.005)
+
+    task = asyncio.create_task(watch())
+    try:
+        yield
+    finally:
+        task.cancel()
+    assert not overlaps, f"two members could receive at once for {overlaps[0]}"
+
+
+async def test_three_members_share_twenty_leases_evenly_and_take_over_a_dead_ones(
+    exchange: str,
+) -> None:
+    srcs = sources(20)
+    keepers = [keeper(srcs, exchange) for _ in range(3)]
+    async with no_overlap(keepers), contextlib.AsyncExitStack() as stack:
+        tasks = [await stack.enter_async_context(running(k)) for k in keepers]
+
+        def settled() -> bool:
+            held = [usable(k) for k in keepers]
+            every = [name for h in held for name in h]
+            return len(every) == 20 and len(set(every)) == 20
+
+        await wait_until(settled, 20)
+        assert sorted(len(usable(k)) for k in keepers) == [6, 7, 7]
+        # the broker agrees: each lease is held by exactly one connection
+        assert sum(len(k.held()) for k in keepers) == 20
+
+        victim = keepers[0]
+        orphaned = victim.held()
+        # a dead process: its connection goes without a word to the others
+        tasks[0].cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await tasks[0]
+        assert not usable(victim)
+        started = time.monotonic()
+        survivors = keepers[1:]
+        await wait_until(lambda: orphaned <= usable(survivors[0]) | usable(survivors[1]), 15)
+        took = time.monotonic() - started
+        assert took < 3 * INTERVAL + SETTLE + 2.0
+        await wait_until(lambda: sorted(len(usable(k)) for k in survivors) == [10, 10], 10)
+        assert not usable(survivors[0]) & usable(survivors[1])
+
+
+async def test_a_joining_member_gets_its_share_handed_over(exchange: str) -> None:
+    srcs = sources(12)
+    first, second = keeper(srcs, exchange), keeper(srcs, exchange)
+    async with no_overlap([first, second]), running(first):
+        await wait_until(lambda: len(usable(first)) == 12, 10)
+        async with running(second):
+            await wait_until(lambda: len(usable(first)) == 6 and len(usable(second)) == 6, 15)
+            assert not usable(first) & usable(second)
+        # a member that stops says so: the other takes everything back at once
+        started = time.monotonic()
+        await wait_until(lambda: len(usable(first)) == 12, 10)
+        assert time.monotonic() - started < 2 * INTERVAL + SETTLE + 1.5
+
+
+async def test_a_handover_waits_for_the_notification_in_hand(exchange: str) -> None:
+    srcs = sources(2)
+    first = keeper(srcs, exchange)
+    async with running(first):
+        await wait_until(lambda: len(usable(first)) == 2, 10)
+        busy = first.leases[lease_name(srcs[0])]
+        revoked = asyncio.Event()
+        busy.on_revoke(revoked.set)
+        second = keeper(srcs, exchange)
+        with busy.in_use():
+            async with running(second):
+                await asyncio.wait_for(revoked.wait(), 10)
+                await asyncio.sleep(3 * SETTLE)
+                # still in use here: the queue is not freed, so the newcomer cannot have it
+                assert busy.name in first.held()
+                assert busy.name not in usable(second)

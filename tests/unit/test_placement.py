@@ -1,0 +1,95 @@
+"""The membership view and the lease plan (pure)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bridge.placement import BEAT_DECODER, BEAT_ENCODER, Beat, Members, assign
+
+LEASES = [f"bridge.lease.greenapi.{1101000000 + i}" for i in range(200)]
+
+
+def loads(plan: dict[str, str]) -> Counter[str]:
+    return Counter(plan.values())
+
+
+@pytest.mark.parametrize(
+    ("members", "leases"), [(1, 200), (2, 200), (3, 200), (7, 200), (3, 2), (5, 5)]
+)
+def test_every_lease_has_one_member_and_loads_differ_by_at_most_one(
+    members: int, leases: int
+) -> None:
+    view = {f"m{k}": LEASES[:leases] for k in range(members)}
+    plan = assign(view)
+    assert set(plan) == set(LEASES[:leases])
+    counts = [loads(plan)[m] for m in view]
+    assert max(counts) - min(counts) <= 1
+
+
+def test_every_member_computes_the_same_plan_whatever_the_order_it_heard_them() -> None:
+    a = {"m1": LEASES, "m2": LEASES, "m3": LEASES}
+    b = {"m3": list(reversed(LEASES)), "m1": LEASES, "m2": sorted(LEASES, key=hash)}
+    assert assign(a) == assign(b)
+
+
+def test_a_member_leaving_moves_little_beyond_its_own_leases() -> None:
+    before = assign({"m1": LEASES, "m2": LEASES, "m3": LEASES})
+    after = assign({"m1": LEASES, "m2": LEASES})
+    moved_from_survivors = [
+        lease for lease, member in before.items() if member != "m3" and after[lease] != member
+    ]
+    assert len(moved_from_survivors) <= len(LEASES) // 10
+    assert all(after[lease] in {"m1", "m2"} for lease in LEASES)
+
+
+def test_a_lease_goes_only_to_a_member_that_can_poll_it() -> None:
+    view = {"m1": LEASES[:10], "m2": LEASES[5:20], "m3": LEASES[15:]}
+    plan = assign(view)
+    assert set(plan) == set(LEASES)
+    assert all(lease in view[member] for lease, member in plan.items())
+
+
+def test_no_members_no_plan() -> None:
+    assert assign({}) == {}
+    assert assign({"m1": []}) == {}
+
+
+@given(
+    st.dictionaries(
+        st.text(min_size=1, max_size=8),
+        st.lists(st.sampled_from(LEASES[:30]), max_size=30),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_any_view_gives_each_pollable_lease_to_a_member_that_can_poll_it(
+    view: dict[str, list[str]],
+) -> None:
+    plan = assign(view)
+    assert set(plan) == {lease for leases in view.values() for lease in leases}
+    assert all(lease in view[member] for lease, member in plan.items())
+
+
+def test_members_expire_and_leave() -> None:
+    members = Members(expiry=3.0)
+    assert members.saw(Beat(member="a", sources=["x"], held=["x"]), now=0.0)
+    assert not members.saw(Beat(member="a", sources=["x"], held=[]), now=1.0)
+    assert members.saw(Beat(member="b", sources=["x", "y"]), now=1.0)
+    assert members.holders(exclude="b") == {}
+    assert members.saw(Beat(member="a", sources=["x"], held=["x"]), now=2.0) is False
+    assert members.holders(exclude="b") == {"x": "a"}
+    assert members.stable("a", now=2.0, age=2.0) and not members.stable("b", now=2.0, age=2.0)
+    assert members.expire(now=4.5) == ["b"]
+    assert "a" in members and "b" not in members
+    assert members.saw(Beat(member="a", leaving=True), now=4.6)
+    assert len(members) == 0
+
+
+def test_beats_round_trip_and_tolerate_new_fields() -> None:
+    beat = Beat(member="h/1/ab", sources=["s"], held=["s"])
+    assert BEAT_DECODER.decode(BEAT_ENCODER.encode(beat)) == beat
+    assert BEAT_DECODER.decode(b'{"member":"m","zone":"eu"}') == Beat(member="m")
