@@ -203,10 +203,12 @@ class Webhooks:
             head = evolution.read_head(body)
         except PayloadError as exc:
             presented = self._evolution_token(scope, None)
-            return [self._quarantine_unknown(hooks, presented, body, str(exc))]
+            clean = evolution.strip_secrets(body)  # quarantined bodies lose the key too
+            return [self._quarantine_unknown(hooks, presented, clean, str(exc))]
         if not head.instance:
             presented = self._evolution_token(scope, None)
-            return [self._quarantine_unknown(hooks, presented, body, "instance missing")]
+            clean = evolution.strip_secrets(body)
+            return [self._quarantine_unknown(hooks, presented, clean, "instance missing")]
         known = hooks.get(head.instance)
         presented = self._evolution_token(scope, known)
         hook = self._lookup(hooks, head.instance, presented)

@@ -70,10 +70,17 @@ def read_head(body: bytes) -> Head:
 
 
 def strip_secrets(body: bytes) -> bytes:
-    """The body without top-level `apikey`/`api_key`; unchanged bytes when it has neither."""
-    if b'"apikey"' not in body and b'"api_key"' not in body:
+    """The body without top-level `apikey`/`api_key`; unchanged bytes when it has neither.
+
+    A key may be written with escapes (`"api\\u006bey"`), so a body with any `\\u` is decoded to
+    look. A body that does not decode is returned unchanged: there is no field to remove.
+    """
+    if b'"apikey"' not in body and b'"api_key"' not in body and b"\\u" not in body:
         return body
-    obj = _any.decode(body)
+    try:
+        obj = _any.decode(body)
+    except DECODE_ERRORS:
+        return body
     if not isinstance(obj, dict) or not any(k in obj for k in SECRET_FIELDS):
         return body
     for key in SECRET_FIELDS:

@@ -102,3 +102,20 @@ async def test_deep_or_invalid_utf8_bodies_are_quarantined(
         response = await client.post(path, content=body, headers=bearer(token))
     assert response.status_code == 200
     assert stub.published and all(o.body for o in stub.published)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"event":1,"instance":"acme-sales","apikey":"secret"}',  # event not a string
+        b'{"event":"call","apikey":"secret"}',  # no instance
+        b'{"event":"call","instance":"acme-sales","api\\u006bey":"secret"}',
+    ],
+)
+async def test_evolution_secret_never_republished(tmp_path: Path, body: bytes) -> None:
+    client, stub = app(tmp_path)
+    async with client:
+        response = await client.post("/webhooks/evolution", content=body, headers=bearer(EVO_TOKEN))
+    assert response.status_code == 200
+    [out] = stub.published
+    assert b"secret" not in out.body

@@ -146,3 +146,21 @@ def test_chatapi_odd_array_names_make_json_items() -> None:
         {"instanceId": "1", "message": {"id": "m"}},
     ]
     assert items[2].body == b'{"instanceId":"1","message":{"id":"m"}}'
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"event":"e","instance":"i","api\\u006bey":"secret"}',
+        b'{"event":"e","instance":"i","\\u0061pi_key":"secret","apikey":"s2"}',
+        b'{"event":1,"apikey":"secret"}',  # not an envelope: quarantined, still without the key
+    ],
+)
+def test_evolution_secret_fields_go_however_they_are_written(body: bytes) -> None:
+    clean = evolution.strip_secrets(body)
+    assert b"secret" not in clean and json.loads(clean)["event"] in ("e", 1)
+
+
+def test_evolution_strip_secrets_of_undecodable_bodies_is_identity() -> None:
+    for body in (b'{"apikey":"k"', b'{"apikey":"\xff"}', b'{"apikey":%s}' % (b"[" * 50_000)):
+        assert evolution.strip_secrets(body) == body
