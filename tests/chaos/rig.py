@@ -1,0 +1,481 @@
+"""The fault suite's rig: a bridge fleet under mixed polling and webhook load, and the books.
+
+Pieces, all started once per module:
+
+* a private RabbitMQ node (``own_rabbit``) reached through a :class:`TcpProxy`, so that the
+  network between bridge and broker can be cut;
+* the fake GREEN-API in this process: ``POLL`` instances polled by the bridge, ``PUSH``
+  instances pushed by the fake's own webhook pusher (one at a time, resent until HTTP 200),
+  each aimed at one bridge process;
+* ``CLIENT`` instances pushed by :class:`_ClientPusher` here: one request at a time per
+  instance, any bridge process (moving to the next one after a failure, like a load balancer),
+  only HTTP 200 counts as acknowledged, anything else is retried;
+* ``bridge run`` processes with one config (:class:`~tests.support.fleet.BridgeFleet`), three
+  sharing the polling sources through the lease when the bridge has one, else one;
+* a durable quorum sink queue bound ``#`` to the bridge's exchange.
+
+A phase (:meth:`Rig.begin` … :meth:`Rig.settle`) feeds new notifications, lets a test inject a
+fault, waits until the providers got every notification acknowledged, drains the sink and
+computes a :class:`~tests.chaos.report.Row`: sent, acknowledged, found, lost, duplicates (and
+whether they kept their ``message_id``), order violations, RSS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import time
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import aio_pika
+import httpx
+import msgspec
+from aio_pika.abc import AbstractIncomingMessage
+
+from bridge.config import Config
+from tests.chaos.report import Row
+from tests.support.fleet import BridgeFleet, RssSampler
+from tests.support.harness import FakeServer, Names, declare_sink, fake_greenapi, token_for
+from tests.support.rabbitnode import RabbitNode
+from tests.support.tcpproxy import TcpProxy
+
+__all__ = ["LEASE", "PROCESSES", "READ_TIMEOUT", "Phase", "Rig", "rig_context"]
+
+HOOK_TOKEN = "chaos-hook-token-0123456789abcdef"
+POLL = [str(1101600000 + i) for i in range(12)]
+PUSH = [str(1101610000 + i) for i in range(4)]
+CLIENT = [str(1101620000 + i) for i in range(4)]
+#: share of each phase's notifications that goes to the polling instances
+POLL_SHARE = 0.7
+RECEIVE_TIMEOUT = 5
+TIMEOUT_MARGIN = 1
+#: the bridge's read timeout for receiveNotification (receive_timeout + poll.timeout_margin)
+READ_TIMEOUT = RECEIVE_TIMEOUT + TIMEOUT_MARGIN
+
+#: the bridge shares polling sources between processes through a lease (a ``[lease]`` table)
+LEASE = "lease" in {f.name for f in msgspec.structs.fields(Config)}
+PROCESSES = int(os.environ.get("BRIDGE_CHAOS_PROCESSES", "3" if LEASE else "1"))
+
+Kind = Literal["poll", "push", "client"]
+
+
+@dataclass
+class Stream:
+    """One provider instance's notifications, in provider order."""
+
+    instance: str
+    kind: Kind
+    sent: list[bytes] = field(default_factory=list)
+    receipts: list[int] = field(default_factory=list)  # parallel to ``sent`` (poll, push)
+    acked: int = 0  # client streams: how many got HTTP 200 (always a prefix of ``sent``)
+    more: asyncio.Event = field(default_factory=asyncio.Event)
+    refused: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class Phase:
+    fault: str
+    tag: str
+    starts: dict[str, int]
+    started: float = field(default_factory=time.monotonic)
+    injected: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Drained:
+    body: bytes
+    message_id: str | None
+    instance: str
+
+
+def _body(tag: str, instance: str, n: int) -> bytes:
+    common = {
+        "instanceData": {
+            "idInstance": int(instance),
+            "wid": "79001234567@c.us",
+            "typeInstance": "whatsapp",
+        },
+        "timestamp": 1_700_000_000 + n,
+        "idMessage": f"{tag}-{instance}-{n:06d}",
+    }
+    chat = f"7900{n % 17:07d}@c.us"
+    if n % 5 == 4:
+        note = {"typeWebhook": "outgoingMessageStatus", **common, "chatId": chat, "status": "sent"}
+    else:
+        note = {
+            "typeWebhook": "incomingMessageReceived",
+            **common,
+            "senderData": {"chatId": chat, "sender": chat, "senderName": "chaos"},
+            "messageData": {
+                "typeMessage": "textMessage",
+                "textMessageData": {"textMessage": f"note {n} of {instance}"},
+            },
+        }
+    return json.dumps(note, separators=(",", ":")).encode()
+
+
+def bridge_config(amqp_url: str, names: Names, api_url: str) -> tuple[str, dict[str, str]]:
+    lines = [
+        "[amqp]",
+        f'url = "{amqp_url}"',
+        f'exchange = "{names.exchange}"',
+        f'unrouted_exchange = "{names.unrouted}"',
+        f'invalid_exchange = "{names.invalid}"',
+        "confirm_timeout = 5",
+        "connect_timeout = 5",
+        "heartbeat = 5",
+        "[http]",
+        'listen = "127.0.0.1:0"',
+        "retry_after = 1",
+        "[poll]",
+        "backoff_initial = 0.05",
+        "backoff_max = 0.5",
+        "long_backoff = 1",
+        f"timeout_margin = {TIMEOUT_MARGIN}",
+        "[log]",
+        'level = "info"',
+    ]
+    if LEASE:
+        lines += [
+            "[lease]",
+            "enabled = true",
+            "interval = 1.0",
+            "settle = 3.0",
+            "heartbeat = 5",
+            f'exchange = "{names.prefix}.members"',
+        ]
+    env = {"CHAOS_HOOK": HOOK_TOKEN}
+    for ident in POLL:
+        lines += [
+            "[[sources]]",
+            'provider = "greenapi"',
+            'mode = "poll"',
+            f'instance = "{ident}"',
+            f'api_url = "{api_url}"',
+            f'token_env = "TOKEN_{ident}"',
+            f"receive_timeout = {RECEIVE_TIMEOUT}",
+        ]
+        env[f"TOKEN_{ident}"] = token_for(ident)
+    for ident in PUSH + CLIENT:
+        lines += [
+            "[[sources]]",
+            'provider = "greenapi"',
+            'mode = "webhook"',
+            f'instance = "{ident}"',
+            'webhook_token_env = "CHAOS_HOOK"',
+        ]
+    return "\n".join(lines) + "\n", env
+
+
+class _ClientPusher:
+    """Pushes the CLIENT streams: sequential per instance, only 200 acknowledges."""
+
+    def __init__(self, fleet: BridgeFleet, streams: list[Stream]) -> None:
+        self._fleet = fleet
+        self._streams = streams
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(15, connect=2), trust_env=False, limits=httpx.Limits()
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._push(s, i), name=f"client-push-{s.instance}")
+            for i, s in enumerate(self._streams)
+        ]
+
+    async def _push(self, stream: Stream, target: int) -> None:
+        headers = {"Authorization": f"Bearer {HOOK_TOKEN}", "Content-Type": "application/json"}
+        while True:
+            while stream.acked >= len(stream.sent):
+                stream.more.clear()
+                await stream.more.wait()
+            body = stream.sent[stream.acked]
+            port = self._fleet.ports[target % len(self._fleet.ports)]
+            url = f"http://127.0.0.1:{port}/webhooks/greenapi/{stream.instance}"
+            try:
+                status: int | str = (
+                    await self._client.post(url, content=body, headers=headers)
+                ).status_code
+            except httpx.HTTPError as exc:
+                status = type(exc).__name__
+            if status == 200:
+                stream.acked += 1
+                continue
+            stream.refused[str(status)] += 1
+            target += 1  # try the next process, like a load balancer after a failure
+            await asyncio.sleep(0.1)
+
+    async def aclose(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._client.aclose()
+
+
+class Rig:
+    def __init__(
+        self,
+        node: RabbitNode,
+        proxy: TcpProxy,
+        fake: FakeServer,
+        fleet: BridgeFleet,
+        names: Names,
+        sink: str,
+    ) -> None:
+        self.node = node
+        self.proxy = proxy
+        self.fake = fake
+        self.fleet = fleet
+        self.names = names
+        self.sink = sink
+        self.sampler = RssSampler(fleet)
+        self.streams = [
+            *(Stream(i, "poll") for i in POLL),
+            *(Stream(i, "push") for i in PUSH),
+            *(Stream(i, "client") for i in CLIENT),
+        ]
+        self._by_instance = {s.instance: s for s in self.streams}
+        self._where: dict[bytes, tuple[str, int]] = {}  # body -> (instance, index)
+        self.pusher = _ClientPusher(fleet, [s for s in self.streams if s.kind == "client"])
+        #: settled RSS per slot after the baseline phase: (pid, bytes)
+        self.baseline_rss: dict[int, tuple[int, int]] = {}
+        self._phases = 0
+
+    # -- load -------------------------------------------------------------------------------
+
+    def begin(self, fault: str) -> Phase:
+        self._phases += 1
+        self.sampler.reset()
+        return Phase(
+            fault, f"p{self._phases}", starts={s.instance: len(s.sent) for s in self.streams}
+        )
+
+    def feed(self, phase: Phase, total: int) -> None:
+        """Append ``total`` new notifications: ``POLL_SHARE`` to the polling instances, the
+        rest to the webhook instances, spread evenly."""
+        polled = [s for s in self.streams if s.kind == "poll"]
+        pushed = [s for s in self.streams if s.kind != "poll"]
+        poll_total = round(total * POLL_SHARE)
+        for group, amount in ((polled, poll_total), (pushed, total - poll_total)):
+            for k, stream in enumerate(group):
+                count = amount // len(group) + (1 if k < amount % len(group) else 0)
+                self._append(phase, stream, count)
+
+    def _append(self, phase: Phase, stream: Stream, count: int) -> None:
+        start = len(stream.sent)
+        bodies = [
+            _body(phase.tag, stream.instance, n - phase.starts[stream.instance])
+            for n in range(start, start + count)
+        ]
+        for offset, body in enumerate(bodies):
+            self._where[body] = (stream.instance, start + offset)
+        stream.sent += bodies
+        if stream.kind == "client":
+            stream.more.set()
+        else:
+            stream.receipts += self.fake.state.enqueue_many(stream.instance, bodies)
+
+    def acknowledged(self) -> int:
+        """Notifications acknowledged to the providers so far (deleted, or answered 200)."""
+        instances = self.fake.state.instances
+        return sum(
+            s.acked if s.kind == "client" else instances[s.instance].deleted for s in self.streams
+        )
+
+    def outstanding(self) -> int:
+        instances = self.fake.state.instances
+        return sum(
+            len(s.sent) - s.acked if s.kind == "client" else len(instances[s.instance].queue)
+            for s in self.streams
+        )
+
+    async def wait_acked(self, target: int, timeout: float) -> None:
+        await wait_for(lambda: self.acknowledged() >= target, timeout, f"{target} acknowledged")
+
+    async def quiet_ack_window(self, seconds: float, grace: float = 1.5) -> int:
+        """Acknowledgements made during ``seconds`` after a ``grace`` (for outages: must be 0;
+        the grace lets deletes of publishes confirmed just before the fault land)."""
+        await asyncio.sleep(grace)
+        before = self.acknowledged()
+        await asyncio.sleep(max(0.0, seconds - grace))
+        return self.acknowledged() - before
+
+    # -- books ------------------------------------------------------------------------------
+
+    async def settle(self, phase: Phase, timeout: float = 240.0) -> Row:
+        """Wait until every notification was acknowledged to its provider, drain the sink and
+        account for the phase."""
+        drained_in_time = True
+        try:
+            await wait_for(lambda: self.outstanding() == 0, timeout, "providers drained")
+        except TimeoutError:
+            drained_in_time = False
+            phase.notes.append(f"{self.outstanding()} still unacknowledged after {timeout}s")
+        await asyncio.sleep(1.0)  # a republish in flight would land now
+        self.sampler.sample()
+        messages = await self.drain()
+        return self._account(phase, messages, drained_in_time)
+
+    async def drain(self, idle: float = 1.5) -> list[Drained]:
+        """Everything in the sink (consumed and acked), straight from the node."""
+        out: list[Drained] = []
+        connection = await aio_pika.connect(self.node.amqp_url)
+        async with connection:
+            channel = await connection.channel()
+            await channel.set_qos(prefetch_count=2000)
+            queue = await channel.declare_queue(self.sink, passive=True)
+            last = time.monotonic()
+
+            async def on_message(message: AbstractIncomingMessage) -> None:
+                nonlocal last
+                out.append(
+                    Drained(message.body, message.message_id, str(message.headers["x-instance"]))
+                )
+                last = time.monotonic()
+                await message.ack()
+
+            tag = await queue.consume(on_message)
+            while True:
+                await asyncio.sleep(0.2)
+                if time.monotonic() - last < idle:
+                    continue
+                probe = await channel.declare_queue(self.sink, passive=True)
+                if not probe.declaration_result.message_count:
+                    break
+            await queue.cancel(tag)
+        return out
+
+    def _account(self, phase: Phase, messages: list[Drained], drained_in_time: bool) -> Row:
+        copies: dict[tuple[str, int], int] = Counter()
+        ids: dict[tuple[str, int], set[str | None]] = defaultdict(set)
+        first_order: dict[str, list[int]] = defaultdict(list)
+        foreign = 0
+        for message in messages:
+            where = self._where.get(message.body)
+            if where is None or where[0] != message.instance:
+                foreign += 1
+                continue
+            copies[where] += 1
+            ids[where].add(message.message_id)
+            if copies[where] == 1:
+                first_order[where[0]].append(where[1])
+        deleted: set[int] = set()
+        for ident in POLL + PUSH:
+            deleted.update(self.fake.state.instance_stats(ident).deleted_receipts)
+        sent = acked = found = lost = order_violations = id_changes = 0
+        lost_examples: list[str] = []
+        for stream in self.streams:
+            start = phase.starts[stream.instance]
+            indices = range(start, len(stream.sent))
+            sent += len(indices)
+            if stream.kind == "client":
+                acked_idx = set(range(start, stream.acked))
+            else:
+                acked_idx = {i for i in indices if stream.receipts[i] in deleted}
+            acked += len(acked_idx)
+            present = {i for i in indices if copies.get((stream.instance, i))}
+            found += len(present)
+            missing = sorted(acked_idx - present)
+            lost += len(missing)
+            lost_examples += [f"{stream.instance}#{i - start}" for i in missing[:3]]
+            seq = first_order.get(stream.instance, [])
+            order_violations += sum(1 for a, b in itertools.pairwise(seq) if b < a)
+            id_changes += sum(1 for i in indices if len(ids.get((stream.instance, i), ())) > 1)
+        in_phase = sum(copies.values())
+        duplicates = in_phase - found
+        if foreign:
+            phase.notes.append(f"{foreign} messages in the sink that no provider sent")
+        if id_changes:
+            phase.notes.append(f"{id_changes} notifications republished with a new message_id")
+        if lost_examples:
+            phase.notes.append("lost: " + ", ".join(lost_examples[:10]))
+        overlapped = [i for i in POLL if self.fake.state.instance_stats(i).overlapped]
+        push_overlap = [i for i in PUSH if self.fake.state.push_stats(i).overlapped]
+        if overlapped:
+            phase.notes.append(f"overlapping receives on {len(overlapped)} instances")
+        if push_overlap:
+            phase.notes.append(f"overlapping pushes on {len(push_overlap)} instances")
+        settled = dict(self.sampler.last)
+        return Row(
+            fault=phase.fault,
+            injected=phase.injected,
+            sent=sent,
+            acked=acked,
+            found=found,
+            lost=lost,
+            duplicates=duplicates,
+            order_violations=order_violations,
+            peak_rss=self.sampler.peak,
+            seconds=time.monotonic() - phase.started,
+            processes=self.fleet.size,
+            drained=drained_in_time,
+            foreign=foreign,
+            id_changes=id_changes,
+            overlapped=bool(overlapped),
+            push_overlapped=bool(push_overlap),
+            settled_rss={slot: rss for slot, (_pid, rss) in settled.items()},
+            settled_pids={slot: pid for slot, (pid, _rss) in settled.items()},
+            notes=phase.notes,
+        )
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not within {timeout}s: {what}")
+        await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def rig_context(node: RabbitNode, tmp: Path) -> AsyncIterator[Rig]:
+    names = Names()
+    async with contextlib.AsyncExitStack() as stack:
+        proxy = await stack.enter_async_context(TcpProxy(target=(node.host, node.port)))
+        fake = await stack.enter_async_context(
+            fake_greenapi(
+                [(i, token_for(i)) for i in POLL + PUSH],
+                latency=0.002,
+                rate_limit=1000,
+                push_timeout=15,
+                push_pause=0.2,
+            )
+        )
+        sink = await declare_sink(node.amqp_url, names)
+        text, env = bridge_config(f"amqp://guest:guest@127.0.0.1:{proxy.port}/", names, fake.url)
+        config = tmp / "bridge.toml"
+        config.write_text(text)
+        fleet = BridgeFleet(config, env, size=PROCESSES, log_dir=tmp)
+        rig = Rig(node, proxy, fake, fleet, names, sink)
+        stack.push_async_callback(_delete_sink, node, names, sink)
+        stack.push_async_callback(fleet.stop)
+        await fleet.start()
+        stack.push_async_callback(rig.sampler.stop)
+        rig.sampler.start()
+        for k, ident in enumerate(PUSH):
+            process = fleet.processes[k % fleet.size]
+            fake.state.set_webhook(ident, f"{process.url}/webhooks/greenapi/{ident}", HOOK_TOKEN)
+        stack.push_async_callback(rig.pusher.aclose)
+        rig.pusher.start()
+        yield rig
+
+
+async def _delete_sink(node: RabbitNode, names: Names, sink: str) -> None:
+    await asyncio.to_thread(node.ensure_running)
+    connection = await aio_pika.connect(node.amqp_url)
+    async with connection:
+        for queue in (sink, names.unrouted, names.invalid):
+            with contextlib.suppress(Exception):
+                await (await connection.channel()).queue_delete(queue)
+        for exchange in (names.exchange, names.unrouted, names.invalid, f"{names.prefix}.members"):
+            with contextlib.suppress(Exception):
+                await (await connection.channel()).exchange_delete(exchange)
