@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import aio_pika
 import httpx
 
 
@@ -137,9 +138,11 @@ def reset_peak_rss(pid: int) -> None:
 
 
 def local_broker_pid(amqp_url: str) -> int | None:
-    """The local RabbitMQ's `beam.smp`, when the URL points at this machine and exactly one
-    runs (its CPU is reported: on a small machine it shares the cores with everything else)."""
-    if urlsplit(amqp_url).hostname not in ("127.0.0.1", "localhost", "::1"):
+    """The local RabbitMQ's `beam.smp`, when the URL points at this machine: the one listening
+    on the URL's port when that shows (Linux, enough rights), else the only one running (its CPU
+    is reported: on a small machine it shares the cores with everything else)."""
+    url = urlsplit(amqp_url)
+    if url.hostname not in ("127.0.0.1", "localhost", "::1"):
         return None
     found = []
     for entry in Path("/proc").iterdir():
@@ -147,7 +150,50 @@ def local_broker_pid(amqp_url: str) -> int | None:
             with contextlib.suppress(OSError):
                 if (entry / "comm").read_text().strip() == "beam.smp":
                     found.append(int(entry.name))
+    listening = _listening_inodes(url.port or 5672)
+    for pid in found:
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if fd.readlink().name in listening:
+                        return pid
     return found[0] if len(found) == 1 else None
+
+
+def _listening_inodes(port: int) -> set[str]:
+    """`socket:[inode]` names of the TCP sockets listening on `port` (Linux)."""
+    names = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for row in Path(table).read_text().splitlines()[1:]:
+                fields = row.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    names.add(f"socket:[{fields[9]}]")
+    return names
+
+
+def topology_names(prefix: str) -> tuple[list[str], list[str]]:
+    """(exchanges, queues) a bench's bridge declares on the `prefix` topology."""
+    exchanges = [f"{prefix}.notifications", f"{prefix}.unrouted", f"{prefix}.invalid"]
+    return exchanges, [f"{prefix}.unrouted", f"{prefix}.invalid"]
+
+
+async def delete_topology(amqp_url: str, prefix: str) -> None:
+    exchanges, queues = topology_names(prefix)
+    try:
+        connection = await aio_pika.connect(amqp_url)
+    except Exception:
+        return
+    async with connection:
+        channel = await connection.channel()
+        for kind, name in [*(("queue", q) for q in queues), *(("exchange", e) for e in exchanges)]:
+            try:
+                if kind == "queue":
+                    await channel.queue_delete(name)
+                else:
+                    await channel.exchange_delete(name)
+            except Exception:
+                channel = await connection.channel()  # an error closes the channel
 
 
 class Progress:

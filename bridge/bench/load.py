@@ -134,6 +134,15 @@ def _target(opts: argparse.Namespace) -> Target:
 # -- running a helper ------------------------------------------------------------------------
 
 
+def helper_argv(args: argparse.Namespace) -> list[str]:
+    """The options every helper takes, from a bench's arguments."""
+    return [
+        "--instances", str(args.instances), "--concurrency", str(args.concurrency),
+        "--duration", str(args.duration), "--warmup", str(args.warmup),
+        "--body-bytes", str(args.body_bytes),
+    ]  # fmt: skip
+
+
 async def helper_run(
     label: str,
     argv: list[str],
@@ -187,7 +196,7 @@ async def helper_run(
 # -- helper processes ------------------------------------------------------------------------
 
 
-def _percentiles(latencies: array[float]) -> dict[str, float]:
+def percentiles(latencies: array[float]) -> dict[str, float]:
     ordered = sorted(latencies)
     if not ordered:
         return {"p50_ms": math.nan, "p90_ms": math.nan, "p99_ms": math.nan, "max_ms": math.nan}
@@ -252,7 +261,7 @@ async def _closed_loop(
     return {
         "count": count,
         "rate": count / duration,
-        **_percentiles(latencies),
+        **percentiles(latencies),
         "non_200": count - statuses[200],
         "statuses": {str(k): v for k, v in sorted(statuses.items()) if k != 200},
         "errors": errors,

@@ -19,15 +19,16 @@ import secrets
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import httpx
 
 from bridge.bench.common import (
     Progress,
     cpu_seconds,
+    delete_topology,
     peak_rss_mb,
     print_result,
     spawn,
@@ -40,6 +41,14 @@ DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_setup_arguments(parser)
+    parser.add_argument("--amqp-url", default=DEFAULT_AMQP)
+    parser.add_argument("--port", type=int, default=18100, help="first fake provider port")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def add_setup_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """Instances, notifications, provider latency, fake provider processes."""
     parser.add_argument("--instances", type=int, default=200, help="default %(default)s")
     parser.add_argument("--per-instance", type=int, default=50, help="default %(default)s")
     parser.add_argument(
@@ -48,9 +57,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fake-processes", type=int, default=2, help="fake provider processes (%(default)s)"
     )
-    parser.add_argument("--amqp-url", default=DEFAULT_AMQP)
-    parser.add_argument("--port", type=int, default=18100, help="first fake provider port")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,25 +89,15 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     ports = [args.port + k for k in range(args.fake_processes)]
     prefix = f"bench{secrets.token_hex(4)}"
     workdir = Path(tempfile.mkdtemp(prefix="bridge-bench-"))
-    fakes = []
+    fakes: list[asyncio.subprocess.Process] = []
     bridge = None
     progress = Progress("poll bench")
     try:
-        for port, group in zip(ports, groups, strict=True):
-            argv = [
-                "fake-provider",
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--latency",
-                str(args.latency),
-            ]
-            for ident in group:
-                argv += ["--instance", f"{ident}:{tokens[ident]}"]
-            fakes.append(await spawn(argv, workdir / f"fake-{port}.log"))
+        await start_fakes(groups, ports, tokens, args.latency, workdir, into=fakes)
         async with httpx.AsyncClient(timeout=30) as client:
             for port in ports:
                 await wait_http(client, f"http://127.0.0.1:{port}/_control/stats")
-            config, env = _config(args, prefix, groups, ports, tokens)
+            config, env = poll_config(args.amqp_url, prefix, groups, ports, tokens)
             path = workdir / "bridge.toml"
             path.write_text(config)
             bridge = await spawn(
@@ -117,25 +113,14 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             started = time.perf_counter()
             for port, group in zip(ports, groups, strict=True):
                 for ident in group:
-                    chunk = [bodies.pop() for _ in range(m)]
-                    payload = b"[" + b",".join(chunk) + b"]"
-                    response = await client.post(
-                        f"http://127.0.0.1:{port}/_control/instances/{ident}/notifications",
-                        content=payload,
-                    )
-                    response.raise_for_status()
+                    await enqueue(client, port, ident, [bodies.pop() for _ in range(m)])
             total = n * m
-            while True:
-                deleted = 0
-                for port in ports:
-                    stats = (await client.get(f"http://127.0.0.1:{port}/_control/stats")).json()
-                    deleted += stats["totals"]["deleted"]
-                progress.update(deleted, total)
-                if deleted >= total:
-                    break
-                if bridge.returncode is not None:
+
+            def check() -> None:
+                if bridge is not None and bridge.returncode is not None:
                     raise SystemExit(f"bridge exited, see {workdir / 'bridge.log'}")
-                await asyncio.sleep(0.05)
+
+            await wait_deleted(client, ports, total, progress, check)
             elapsed = time.perf_counter() - started
             cpu = cpu_seconds(bridge.pid) - cpu_before
             progress.done()
@@ -145,7 +130,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             await stop_process(bridge)
         for proc in fakes:
             await stop_process(proc)
-        await _cleanup(args.amqp_url, prefix)
+        await delete_topology(args.amqp_url, prefix)
     limit = n / (2 * args.latency)
     rate = total / elapsed
     return {
@@ -166,20 +151,81 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _config(
-    args: argparse.Namespace,
+async def start_fakes(
+    groups: list[list[str]],
+    ports: list[int],
+    tokens: dict[str, str],
+    latency: float,
+    workdir: Path,
+    *,
+    into: list[asyncio.subprocess.Process],
+) -> None:
+    """One `bridge fake-provider` process per port, serving its group of instances, appended to
+    `into` as each starts."""
+    for port, group in zip(ports, groups, strict=True):
+        argv = ["fake-provider", "--listen", f"127.0.0.1:{port}", "--latency", str(latency)]
+        for ident in group:
+            argv += ["--instance", f"{ident}:{tokens[ident]}"]
+        into.append(await spawn(argv, workdir / f"fake-{port}.log"))
+
+
+async def enqueue(client: httpx.AsyncClient, port: int, ident: str, bodies: list[bytes]) -> None:
+    """Add notifications to an instance's queue on a fake provider (one control request)."""
+    response = await client.post(
+        f"http://127.0.0.1:{port}/_control/instances/{ident}/notifications",
+        content=b"[" + b",".join(bodies) + b"]",
+    )
+    response.raise_for_status()
+
+
+async def deleted(client: httpx.AsyncClient, ports: list[int]) -> int:
+    """Notifications deleted so far on the fake providers, all instances."""
+    total = 0
+    for port in ports:
+        stats = (await client.get(f"http://127.0.0.1:{port}/_control/stats")).json()
+        total += stats["totals"]["deleted"]
+    return total
+
+
+async def wait_deleted(
+    client: httpx.AsyncClient,
+    ports: list[int],
+    total: int,
+    progress: Progress,
+    check: Callable[[], None],
+    *,
+    before: int = 0,
+) -> None:
+    """Until `total` more than `before` notifications are deleted; `check()` raises to stop."""
+    while True:
+        done = await deleted(client, ports) - before
+        progress.update(done, total)
+        if done >= total:
+            return
+        check()
+        await asyncio.sleep(0.05)
+
+
+def poll_config(
+    amqp_url: str,
     prefix: str,
     groups: list[list[str]],
     ports: list[int],
     tokens: dict[str, str],
+    *,
+    http_port: int | None = None,
 ) -> tuple[str, dict[str, str]]:
+    """A bridge config polling every instance, on the `prefix` topology; with `http_port`, its
+    HTTP server (for /readyz) on that local port."""
     lines = [
         "[amqp]",
-        f'url = "{args.amqp_url}"',
+        f'url = "{amqp_url}"',
         f'exchange = "{prefix}.notifications"',
         f'unrouted_exchange = "{prefix}.unrouted"',
         f'invalid_exchange = "{prefix}.invalid"',
     ]
+    if http_port is not None:
+        lines += ["[http]", f'listen = "127.0.0.1:{http_port}"']
     env: dict[str, str] = {}
     for port, group in zip(ports, groups, strict=True):
         for ident in group:
@@ -194,16 +240,3 @@ def _config(
             ]
             env[f"BENCH_TOKEN_{ident}"] = tokens[ident]
     return "\n".join(lines) + "\n", env
-
-
-async def _cleanup(amqp_url: str, prefix: str) -> None:
-    try:
-        connection = await aio_pika.connect(amqp_url)
-    except Exception:
-        return
-    async with connection:
-        channel = await connection.channel()
-        for queue in (f"{prefix}.unrouted", f"{prefix}.invalid"):
-            await channel.queue_delete(queue)
-        for exchange in (f"{prefix}.notifications", f"{prefix}.unrouted", f"{prefix}.invalid"):
-            await channel.exchange_delete(exchange)

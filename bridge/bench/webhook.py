@@ -31,16 +31,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import httpx
 
 from bridge.bench.common import (
+    delete_topology,
     free_port,
     local_broker_pid,
     peak_rss_mb,
     print_result,
     spawn,
     stop_process,
+    topology_names,
     wait_http,
 )
 from bridge.bench.load import (
@@ -48,12 +49,16 @@ from bridge.bench.load import (
     TOKEN_ENV,
     body_parts,
     greenapi_target,
+    helper_argv,
     helper_run,
     instance_ids,
 )
-from bridge.bench.wrk import parse_wrk, wrk_run
+from bridge.bench.wrk import parse_wrk, pick_generator, wrk_run
 
-__all__ = ["add_arguments", "bench", "body_parts", "delete_topology", "parse_wrk", "report"]
+__all__ = [
+    "add_arguments", "bench", "body_parts", "delete_topology", "parse_wrk", "report",
+    "topology_names",
+]  # fmt: skip
 
 DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 TARGET_RATIO = 0.8
@@ -62,6 +67,14 @@ TARGET_P99_MS = 25.0
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--instances", type=int, default=20, help="default %(default)s")
+    add_load_arguments(parser)
+    parser.add_argument("--amqp-url", default=DEFAULT_AMQP)
+    parser.add_argument("--port", type=int, default=0, help="bridge HTTP port (0: a free one)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def add_load_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """In-flight depth, measured and warm-up seconds, body size, generator."""
     parser.add_argument(
         "--concurrency", type=int, default=64, help="requests in flight (%(default)s)"
     )
@@ -78,9 +91,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="auto: wrk when on PATH, else the built-in aiohttp generator",
     )
-    parser.add_argument("--amqp-url", default=DEFAULT_AMQP)
-    parser.add_argument("--port", type=int, default=0, help="bridge HTTP port (0: a free one)")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -92,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     _check_args(args)
-    generator = _pick_generator(args.generator)
+    generator = pick_generator(args.generator)
     ids = instance_ids(args.instances)
     token = secrets.token_hex(16)
     prefix = f"bench{secrets.token_hex(4)}"
@@ -106,7 +116,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     ok = False
     try:
         path = workdir / "bridge.toml"
-        path.write_text(_config(args.amqp_url, prefix, port, ids))
+        path.write_text(webhook_config(args.amqp_url, prefix, port, ids))
         bridge = await spawn(
             ["run", "--config", str(path), "--log-level", "warning"],
             workdir / "bridge.log",
@@ -122,7 +132,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 
         publish_argv = [
             "publish", "--amqp-url", args.amqp_url, "--exchange", exchange,
-            *_helper_common(args),
+            *helper_argv(args),
         ]  # fmt: skip
         helper = functools.partial(helper_run, env=env, workdir=workdir, watch=watch, args=args)
         raw1 = await helper("webhook bench: reference 1/2", [*publish_argv, "--prefix", "A000"])
@@ -134,7 +144,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 reset_rss=bridge.pid,
             )  # fmt: skip
         else:
-            load_argv = ["load", "--url", base_url, "--prefix", "W000", *_helper_common(args)]
+            load_argv = ["load", "--url", base_url, "--prefix", "W000", *helper_argv(args)]
             hook = await helper("webhook bench: webhook", load_argv, reset_rss=bridge.pid)
         rss = peak_rss_mb(bridge.pid)
         check_bridge()
@@ -160,23 +170,6 @@ def _check_args(args: argparse.Namespace) -> None:
         raise SystemExit("--instances and --concurrency must be at least 1")
     if args.duration <= 0 or args.warmup < 0:
         raise SystemExit("--duration must be positive and --warmup not negative")
-
-
-def _pick_generator(choice: str) -> str:
-    found = shutil.which("wrk") is not None
-    if choice == "wrk" and not found:
-        raise SystemExit("--generator wrk: wrk is not on PATH (apt-get install wrk)")
-    if choice == "auto":
-        return "wrk" if found else "builtin"
-    return choice
-
-
-def _helper_common(args: argparse.Namespace) -> list[str]:
-    return [
-        "--instances", str(args.instances), "--concurrency", str(args.concurrency),
-        "--duration", str(args.duration), "--warmup", str(args.warmup),
-        "--body-bytes", str(args.body_bytes),
-    ]  # fmt: skip
 
 
 def _result(
@@ -290,7 +283,8 @@ def report(r: dict[str, Any]) -> str:
 # -- setup and cleanup ---------------------------------------------------------------------
 
 
-def _config(amqp_url: str, prefix: str, port: int, ids: list[str]) -> str:
+def webhook_config(amqp_url: str, prefix: str, port: int, ids: list[str]) -> str:
+    """A bridge config with a GREEN-API webhook source per instance, on the `prefix` topology."""
     lines = [
         "[amqp]",
         f'url = "{amqp_url}"',
@@ -309,27 +303,3 @@ def _config(amqp_url: str, prefix: str, port: int, ids: list[str]) -> str:
             f'webhook_token_env = "{TOKEN_ENV}"',
         ]
     return "\n".join(lines) + "\n"
-
-
-def topology_names(prefix: str) -> tuple[list[str], list[str]]:
-    """(exchanges, queues) the bench's bridge declares."""
-    exchanges = [f"{prefix}.notifications", f"{prefix}.unrouted", f"{prefix}.invalid"]
-    return exchanges, [f"{prefix}.unrouted", f"{prefix}.invalid"]
-
-
-async def delete_topology(amqp_url: str, prefix: str) -> None:
-    exchanges, queues = topology_names(prefix)
-    try:
-        connection = await aio_pika.connect(amqp_url)
-    except Exception:
-        return
-    async with connection:
-        channel = await connection.channel()
-        for kind, name in [*(("queue", q) for q in queues), *(("exchange", e) for e in exchanges)]:
-            try:
-                if kind == "queue":
-                    await channel.queue_delete(name)
-                else:
-                    await channel.exchange_delete(name)
-            except Exception:
-                channel = await connection.channel()  # an error closes the channel

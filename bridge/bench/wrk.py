@@ -8,12 +8,23 @@ import asyncio
 import math
 import re
 import resource
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from bridge.bench.common import Window, reset_peak_rss, ticking
 from bridge.bench.load import Target
+
+
+def pick_generator(choice: str) -> str:
+    """`wrk` or `builtin` for a `--generator` choice (auto: wrk when on PATH)."""
+    found = shutil.which("wrk") is not None
+    if choice == "wrk" and not found:
+        raise SystemExit("--generator wrk: wrk is not on PATH (apt-get install wrk)")
+    if choice == "auto":
+        return "wrk" if found else "builtin"
+    return choice
 
 
 async def wrk_run(
