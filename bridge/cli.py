@@ -113,6 +113,13 @@ def _parser() -> argparse.ArgumentParser:
     hook = bench_sub.add_parser("webhook", help="webhook rate against raw confirmed publishes")
     bench_webhook.add_arguments(hook)
     hook.set_defaults(handler=bench_webhook.run)
+    from bridge.bench import compare as bench_compare
+
+    against = bench_sub.add_parser(
+        "compare", help="ours against the SDK loop, FastAPI+FastStream, the management API, raw"
+    )
+    bench_compare.add_arguments(against)
+    against.set_defaults(handler=bench_compare.run)
     return parser
 
 

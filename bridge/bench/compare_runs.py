@@ -1,0 +1,364 @@
+"""The variants of `bridge bench compare`, run one after another: each starts its process, is
+measured, and is stopped before the next starts, so none shares the machine with another."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bridge.bench.common import (
+    Progress,
+    cpu_seconds,
+    free_port,
+    peak_rss_mb,
+    spawn,
+    stop_process,
+    wait_http,
+)
+from bridge.bench.load import (
+    TOKEN_ENV,
+    greenapi_target,
+    helper_argv,
+    helper_run,
+    instance_ids,
+    management_target,
+    percentiles,
+)
+from bridge.bench.poll import deleted, enqueue, poll_config, start_fakes, wait_deleted
+from bridge.bench.sink import Sink, poll_tag
+from bridge.bench.webhook import webhook_config
+from bridge.bench.wrk import wrk_run
+from bridge.fake.samples import numbered_notifications
+
+FIRST_POLL_INSTANCE = 7300000000
+STALL_SECONDS = 60.0  # no notification deleted for this long: the variant is stuck
+
+LABELS = {
+    "ours_poll": "ours: bridge run (polling)",
+    "sdk": "(a) GREEN-API SDK loop + pika",
+    "ours_webhook": "ours: bridge run (webhooks)",
+    "faststream": "(b) FastAPI + FastStream",
+    "management": "(c) management-API publish",
+    "raw": "(d) raw aio-pika publishes",
+}
+
+
+@dataclass(frozen=True)
+class PollSetup:
+    """What every variant of one run shares."""
+
+    args: argparse.Namespace
+    prefix: str
+    workdir: Path
+    broker: int | None
+    sink: Sink
+
+
+def _alive(proc: asyncio.subprocess.Process, log: Path) -> Callable[[], None]:
+    def check() -> None:
+        if proc.returncode is not None:
+            raise SystemExit(f"compare bench: a variant exited ({proc.returncode}), see {log}")
+
+    return check
+
+
+# -- polling ---------------------------------------------------------------------------------
+
+
+async def poll_variants(run: PollSetup, scripts: Path) -> dict[str, dict[str, Any]]:
+    """Ours, then (a), polling the same fake provider instances."""
+    args = run.args
+    ids = [str(FIRST_POLL_INSTANCE + i) for i in range(args.instances)]
+    tokens = {i: secrets.token_hex(16) for i in ids}
+    groups = [ids[k :: args.fake_processes] for k in range(args.fake_processes)]
+    ports = [free_port() for _ in groups]
+    fakes: list[asyncio.subprocess.Process] = []
+    rows = {}
+    try:
+        await start_fakes(groups, ports, tokens, args.latency, run.workdir, into=fakes)
+        async with httpx.AsyncClient(timeout=30) as client:
+            for port in ports:
+                await wait_http(client, f"http://127.0.0.1:{port}/_control/stats")
+
+            async def ours() -> asyncio.subprocess.Process:
+                http_port = free_port()
+                config, env = poll_config(
+                    args.amqp_url, run.prefix, groups, ports, tokens, http_port=http_port
+                )
+                path = run.workdir / "bridge-poll.toml"
+                path.write_text(config)
+                proc = await spawn(
+                    ["run", "--config", str(path), "--log-level", "warning"],
+                    run.workdir / "bridge-poll.log",
+                    env=env,
+                )
+                await wait_http(client, f"http://127.0.0.1:{http_port}/readyz", timeout=30)
+                return proc
+
+            async def sdk() -> asyncio.subprocess.Process:
+                ready = run.workdir / "sdk.ready"
+                argv = [
+                    "--amqp-url", args.amqp_url, "--exchange", run.sink.exchange,
+                    "--ready-file", str(ready),
+                    *(f"{i}:{tokens[i]}@http://127.0.0.1:{port}"
+                      for port, group in zip(ports, groups, strict=True) for i in group),
+                ]  # fmt: skip
+                log = run.workdir / "sdk.log"
+                script = str(scripts / "greenapi_sdk_pika.py")
+                proc = await spawn(argv, log, program=(script,))
+                deadline = time.monotonic() + 120
+                while not ready.exists():
+                    _alive(proc, log)()
+                    if time.monotonic() > deadline:
+                        raise SystemExit(f"compare bench: (a) not ready after 120 s, see {log}")
+                    await asyncio.sleep(0.1)
+                return proc
+
+            for name, letter, start in (("ours_poll", "P", ours), ("sdk", "S", sdk)):
+                rows[name] = await _poll_one(
+                    run, client, ports=ports, groups=groups, name=name, letter=letter, start=start
+                )
+    finally:
+        for proc in fakes:
+            await stop_process(proc)
+    return rows
+
+
+async def _poll_one(
+    run: PollSetup,
+    client: httpx.AsyncClient,
+    *,
+    ports: list[int],
+    groups: list[list[str]],
+    name: str,
+    letter: str,
+    start: Callable[[], Awaitable[asyncio.subprocess.Process]],
+) -> dict[str, Any]:
+    args = run.args
+    total = args.instances * args.per_instance
+    baseline = await _receives(client, ports)
+    proc = await start()
+    log = run.workdir / ("bridge-poll.log" if name == "ours_poll" else "sdk.log")
+    alive = _alive(proc, log)
+    try:
+        await _all_polling(client, ports, baseline, alive, name)
+        await asyncio.sleep(args.settle)
+        alive()
+        before = await deleted(client, ports)
+        cpu_before, broker_before = cpu_seconds(proc.pid), _cpu(run.broker)
+        started = time.perf_counter()
+        for port, group in zip(ports, groups, strict=True):
+            for ident in group:
+                bodies = numbered_notifications(args.per_instance, prefix=poll_tag(letter))
+                await enqueue(client, port, ident, bodies)
+        stall = _Stall(lambda: run.sink.count(letter))
+
+        def check() -> None:
+            alive()
+            stall.check(LABELS[name], log)
+
+        await wait_deleted(client, ports, total, Progress(LABELS[name]), check, before=before)
+        arrived_all = await run.sink.wait_for(letter, total, timeout=30)
+        elapsed = time.perf_counter() - started
+        cpu = cpu_seconds(proc.pid) - cpu_before
+        broker_cpu = _cpu(run.broker) - broker_before
+        rss = peak_rss_mb(proc.pid)
+    finally:
+        await stop_process(proc)
+    return {
+        "kind": "poll",
+        "label": LABELS[name],
+        "count": total,
+        "elapsed": elapsed,
+        "rate": total / elapsed,
+        **percentiles(run.sink.latencies(letter)),
+        "cpu_cores": cpu / elapsed,
+        "cpu_us": 1e6 * cpu / total,
+        "rss_mb": rss,
+        "broker_cpu": broker_cpu / elapsed,
+        "arrived": run.sink.count(letter),
+        "failures": 0,
+        "moved": arrived_all,
+    }
+
+
+async def _receives(client: httpx.AsyncClient, ports: list[int]) -> dict[str, int]:
+    """`receiveNotification` calls begun so far, per instance, on every fake provider."""
+    found = {}
+    for port in ports:
+        stats = (await client.get(f"http://127.0.0.1:{port}/_control/stats")).json()
+        found.update({ident: c["receives"] for ident, c in stats["instances"].items()})
+    return found
+
+
+async def _all_polling(
+    client: httpx.AsyncClient,
+    ports: list[int],
+    baseline: dict[str, int],
+    alive: Callable[[], None],
+    name: str,
+) -> None:
+    """Until the variant has begun a receive on every instance (the bridge's pollers wait out
+    their lease's settle delay first): from then on each instance has a long poll pending."""
+    deadline = time.monotonic() + 120
+    while True:
+        now = await _receives(client, ports)
+        if all(now[i] > count for i, count in baseline.items()):
+            return
+        alive()
+        if time.monotonic() > deadline:
+            raise SystemExit(f"compare bench: {LABELS[name]} not polling every instance")
+        await asyncio.sleep(0.1)
+
+
+class _Stall:
+    """Raises from `check()` when `progress()` has not moved for STALL_SECONDS."""
+
+    def __init__(self, progress: Callable[[], int]) -> None:
+        self.progress = progress
+        self.last = progress()
+        self.since = time.monotonic()
+
+    def check(self, label: str, log: Path) -> None:
+        now, value = time.monotonic(), self.progress()
+        if value != self.last:
+            self.last, self.since = value, now
+        elif now - self.since > STALL_SECONDS:
+            raise SystemExit(f"compare bench: {label} stalled at {value}, see {log}")
+
+
+def _cpu(pid: int | None) -> float:
+    return cpu_seconds(pid) if pid is not None else math.nan
+
+
+# -- webhooks --------------------------------------------------------------------------------
+
+
+async def webhook_variants(
+    run: PollSetup, scripts: Path, *, generator: str, management: tuple[str, str, str]
+) -> dict[str, dict[str, Any]]:
+    """Ours, (b), (c) and (d), under the same load generator (the same in-flight depth)."""
+    args = argparse.Namespace(**{**vars(run.args), "instances": run.args.webhook_instances})
+    ids = instance_ids(args.instances)
+    token = secrets.token_hex(16)
+    env = {TOKEN_ENV: token}
+    broker = [run.broker] if run.broker is not None else []
+    greenapi = greenapi_target(args.body_bytes, ids, token)
+    rows: dict[str, dict[str, Any]] = {}
+
+    async def drive(
+        name: str, letters: str, base_url: str, pid: int | None, *, target: str = "greenapi"
+    ) -> dict[str, Any]:
+        watch = ([pid] if pid is not None and pid != run.broker else []) + broker
+        reset_rss = pid if pid != run.broker else None  # never touch the broker's counters
+        label = LABELS[name]
+        if generator == "wrk":
+            chosen = greenapi
+            if target == "management":
+                _url, vhost, credentials = management
+                chosen = management_target(
+                    args.body_bytes, ids, exchange=run.sink.exchange, vhost=vhost,
+                    credentials=credentials,
+                )  # fmt: skip
+            result = await wrk_run(
+                args, base_url=base_url, target=chosen, workdir=run.workdir, watch=watch,
+                reset_rss=reset_rss, label=label, letters=letters,
+            )  # fmt: skip
+        else:
+            argv = ["load", "--url", base_url, "--prefix", f"{letters[1]}000"]
+            helper_env = env
+            if target == "management":
+                argv += ["--target", "management", "--exchange", run.sink.exchange]
+                argv += ["--vhost", management[1]]
+                helper_env = {TOKEN_ENV: management[2]}
+            result = await helper_run(
+                label, [*argv, *helper_argv(args)], env=helper_env, workdir=run.workdir,
+                watch=watch, args=args, reset_rss=reset_rss,
+            )  # fmt: skip
+        return await _hook_row(run, name, letters[1], result, pid)
+
+    port = free_port()
+    path = run.workdir / "bridge-webhook.toml"
+    path.write_text(webhook_config(args.amqp_url, run.prefix, port, ids))
+    proc = await spawn(
+        ["run", "--config", str(path), "--log-level", "warning"],
+        run.workdir / "bridge-webhook.log",
+        env=env,
+    )
+    try:
+        async with httpx.AsyncClient(timeout=5) as client:
+            await wait_http(client, f"http://127.0.0.1:{port}/readyz", timeout=30)
+        rows["ours_webhook"] = await drive(
+            "ours_webhook", "VW", f"http://127.0.0.1:{port}", proc.pid
+        )
+        _alive(proc, run.workdir / "bridge-webhook.log")()
+    finally:
+        await stop_process(proc)
+
+    port = free_port()
+    argv = ["--amqp-url", args.amqp_url, "--exchange", run.sink.exchange, "--port", str(port)]
+    log = run.workdir / "faststream.log"
+    proc = await spawn(argv, log, env=env, program=(str(scripts / "fastapi_faststream.py"),))
+    try:
+        async with httpx.AsyncClient(timeout=5) as client:
+            await wait_http(client, f"http://127.0.0.1:{port}/healthz", timeout=60)
+        rows["faststream"] = await drive("faststream", "EF", f"http://127.0.0.1:{port}", proc.pid)
+        _alive(proc, log)()
+    finally:
+        await stop_process(proc)
+
+    rows["management"] = await drive(
+        "management", "LM", management[0], run.broker, target="management"
+    )
+
+    publish = ["publish", "--amqp-url", args.amqp_url, "--exchange", run.sink.exchange]
+    result = await helper_run(
+        LABELS["raw"], [*publish, *helper_argv(args), "--prefix", "R000"], env=env,
+        workdir=run.workdir, watch=broker, args=args,
+    )  # fmt: skip
+    rows["raw"] = await _hook_row(run, "raw", "R", result, None)
+    return rows
+
+
+async def _hook_row(
+    run: PollSetup, name: str, letter: str, result: dict[str, Any], pid: int | None
+) -> dict[str, Any]:
+    """A webhook variant's row; `pid` is the process under test (None: the load process)."""
+    ok = result["count"] - result["non_200"]
+    arrived_all = await run.sink.wait_for(letter, ok, timeout=30)
+    failures = result["non_200"] + result["errors"]
+    cores: dict[int, float] = result["cpu"]
+    if name == "raw":
+        cpu = result["own_cpu"]
+        rss = result.get("rss_mb", math.nan)
+    else:
+        cpu = cores.get(pid, math.nan) if pid is not None else math.nan
+        rss = peak_rss_mb(pid) if pid is not None and pid != run.broker else math.nan
+    rate = result["rate"]
+    return {
+        "kind": "webhook",
+        "label": LABELS[name],
+        "count": result["count"],
+        "rate": rate,
+        "p50_ms": result["p50_ms"],
+        "p90_ms": result["p90_ms"],
+        "p99_ms": result["p99_ms"],
+        "max_ms": result["max_ms"],
+        "cpu_cores": cpu,
+        "cpu_us": 1e6 * cpu / rate if rate else math.nan,
+        "rss_mb": rss,
+        "broker_cpu": cores.get(run.broker, math.nan) if run.broker is not None else math.nan,
+        "generator_cpu": result["own_cpu"] if name != "raw" else math.nan,
+        "arrived": run.sink.count(letter),
+        "failures": failures,
+        "moved": failures == 0 and ok > 0 and arrived_all,
+    }
