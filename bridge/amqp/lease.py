@@ -128,6 +128,8 @@ class LeaseKeeper:
         self.member = member_id()
         self.leases = {lease_name(s): Lease(lease_name(s), s.provider, s.instance) for s in sources}
         self._sources = list(self.leases)
+        for lease in self.leases.values():  # exported from the start: 0 = not held here
+            LEASE_HELD.labels(lease.provider, lease.instance).set(0)
         self._members = Members(expiry=3 * cfg.interval)
         self._held: set[str] = set()  # queues this connection owns
         self._settled: set[str] = set()  # held for `settle` seconds: usable unless suspended

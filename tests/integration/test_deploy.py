@@ -297,8 +297,12 @@ def test_kubernetes_deployments(kube: dict[tuple[str, str], dict[str, Any]]) -> 
     webhook = kube[("Deployment", "bridge-webhook")]
     poller = kube[("Deployment", "bridge-poller")]
     assert webhook["spec"]["replicas"] >= 2
-    assert poller["spec"]["replicas"] == 1
-    assert poller["spec"]["strategy"] == {"type": "Recreate"}
+    # pollers share the instances through leases: a rollout never runs without a poller
+    assert poller["spec"]["replicas"] >= 2
+    assert poller["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     (secret,) = [name for kind, name in kube if kind == "Secret"]
     (config_map,) = [name for kind, name in kube if kind == "ConfigMap"]
     secret_env = kube[("Secret", secret)]["stringData"]
