@@ -28,6 +28,7 @@ class Beat(msgspec.Struct, frozen=True):
     sources: list[str] = []
     held: list[str] = []
     leaving: bool = False
+    interval: float = 0.0  # the sender's beat period; 0 = unknown
 
 
 BEAT_DECODER = msgspec.json.Decoder(Beat)
@@ -38,13 +39,17 @@ BEAT_ENCODER = msgspec.json.Encoder()
 class _Seen:
     first: float
     at: float
+    expiry: float
     sources: frozenset[str]
     held: frozenset[str]
 
 
 @dataclass
 class Members:
-    """The members heard from within `expiry` seconds, with what they can take and hold."""
+    """The members heard from recently, with what they can take and hold.
+
+    A member is gone when silent for `expiry` seconds, or for 3 of its own beat intervals if
+    that is longer (processes configured differently, as during a rolling change)."""
 
     expiry: float
     _seen: dict[str, _Seen] = field(default_factory=dict)
@@ -56,12 +61,13 @@ class Members:
         before = self._seen.get(beat.member)
         sources = frozenset(beat.sources)
         first = now if before is None else before.first
-        self._seen[beat.member] = _Seen(first, now, sources, frozenset(beat.held))
+        expiry = max(self.expiry, 3 * beat.interval)
+        self._seen[beat.member] = _Seen(first, now, expiry, sources, frozenset(beat.held))
         return before is None or before.sources != sources
 
     def expire(self, now: float) -> list[str]:
-        """Forget members not heard from within `expiry`; returns the forgotten ones."""
-        gone = [m for m, seen in self._seen.items() if now - seen.at > self.expiry]
+        """Forget the members that fell silent; returns them."""
+        gone = [m for m, seen in self._seen.items() if now - seen.at > seen.expiry]
         for member in gone:
             del self._seen[member]
         return gone

@@ -27,7 +27,7 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 
 import aio_pika
 import aiormq.exceptions
@@ -142,6 +142,7 @@ class LeaseKeeper:
         self._exchange: AbstractExchange | None = None
         self._connection: aio_pika.abc.AbstractConnection | None = None
         self._channel: AbstractChannel | None = None  # for declares; closed by a refusal
+        self._channel_lock = asyncio.Lock()
         self._plan_key: frozenset[tuple[str, frozenset[str]]] | None = None
         self._plan: dict[str, str] = {}
 
@@ -249,7 +250,12 @@ class LeaseKeeper:
             self._wake.set()
 
     async def _beat(self) -> None:
-        beat = Beat(member=self.member, sources=self._sources, held=sorted(self._held))
+        beat = Beat(
+            member=self.member,
+            sources=self._sources,
+            held=sorted(self._held),
+            interval=self._cfg.interval,
+        )
         try:
             await self._publish(beat)
         except TimeoutError:
@@ -311,19 +317,21 @@ class LeaseKeeper:
             )  # fmt: skip
 
     async def _acquire(self, name: str) -> bool:
-        channel = await self._declare_channel()
-        try:
-            await channel.declare_queue(name, exclusive=True, timeout=self._amqp.connect_timeout)
-        except aiormq.exceptions.ChannelLockedResource:
-            self._channel = None  # held by another connection; the refusal closed the channel
-            return False
-        except (
-            aiormq.exceptions.ChannelPreconditionFailed,
-            aiormq.exceptions.ChannelAccessRefused,
-        ) as exc:
-            self._channel = None
-            log_event(log, logging.ERROR, "lease.refused", lease=name, detail=str(exc)[:200])
-            return False
+        async with self._declaring() as channel:
+            try:
+                await channel.declare_queue(
+                    name, exclusive=True, timeout=self._amqp.connect_timeout
+                )
+            except aiormq.exceptions.ChannelLockedResource:
+                self._channel = None  # held by another connection; the refusal closed it
+                return False
+            except (
+                aiormq.exceptions.ChannelPreconditionFailed,
+                aiormq.exceptions.ChannelAccessRefused,
+            ) as exc:
+                self._channel = None
+                log_event(log, logging.ERROR, "lease.refused", lease=name, detail=str(exc)[:200])
+                return False
         self._held.add(name)
         lease = self.leases[name]
         LEASE_HELD.labels(lease.provider, lease.instance).set(1)
@@ -331,11 +339,15 @@ class LeaseKeeper:
         self._timers[name] = loop.call_later(self._cfg.settle, self._settle, name)
         return True
 
-    async def _declare_channel(self) -> AbstractChannel:
-        if self._channel is None or self._channel.is_closed:
-            assert self._connection is not None
-            self._channel = await self._connection.channel(publisher_confirms=False)
-        return self._channel
+    @contextlib.asynccontextmanager
+    async def _declaring(self) -> AsyncIterator[AbstractChannel]:
+        """The channel for lease declares and deletes, one operation at a time (a refusal
+        closes it, which must not fail another operation midway)."""
+        async with self._channel_lock:
+            if self._channel is None or self._channel.is_closed:
+                assert self._connection is not None
+                self._channel = await self._connection.channel(publisher_confirms=False)
+            yield self._channel
 
     def _settle(self, name: str) -> None:
         self._timers.pop(name, None)
@@ -355,14 +367,17 @@ class LeaseKeeper:
             self._settled.discard(name)
             if not await lease.quiesce(QUIESCE_TIMEOUT):
                 log_event(log, logging.WARNING, "lease.quiesce_timeout", lease=name)
-            channel = await self._declare_channel()
-            await channel.queue_delete(name, timeout=self._amqp.connect_timeout)
+            async with self._declaring() as channel:
+                await channel.queue_delete(name, timeout=self._amqp.connect_timeout)
             self._drop(name)
             LEASE_CHANGES.labels("released").inc()
             log_event(log, logging.INFO, "lease.released", lease=name, held=len(self._held))
         except (*CONNECTION_EXCEPTIONS, TimeoutError) as exc:
             self._channel = None
             log_event(log, logging.WARNING, "lease.release_failed", lease=name, error=repr(exc))
+            if name in self._held:  # still ours: usable again unless the next plan retries
+                loop = asyncio.get_running_loop()
+                self._timers[name] = loop.call_later(self._cfg.settle, self._settle, name)
         finally:
             self._releasing.pop(name, None)
 

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from bridge.amqp.lease import LeaseKeeper, lease_name
+from bridge.amqp.lease import LeaseKeeper
 from bridge.config import AmqpConfig, LeaseConfig, Source
 from tests.conftest import AMQP_URL
 from tests.support.harness import wait_until
@@ -129,17 +129,22 @@ async def test_a_joining_member_gets_its_share_handed_over(exchange: str) -> Non
 
 async def test_a_handover_waits_for_the_notification_in_hand(exchange: str) -> None:
     srcs = sources(2)
-    first = keeper(srcs, exchange)
-    async with running(first):
+    first, second = keeper(srcs, exchange), keeper(srcs, exchange)
+    async with no_overlap([first, second]), running(first):
         await wait_until(lambda: len(usable(first)) == 2, 10)
-        busy = first.leases[lease_name(srcs[0])]
-        revoked = asyncio.Event()
-        busy.on_revoke(revoked.set)
-        second = keeper(srcs, exchange)
-        with busy.in_use():
+        revoked: list[str] = []
+        for lease in first.leases.values():
+            lease.on_revoke(lambda name=lease.name: revoked.append(name))
+        with contextlib.ExitStack() as in_hand:
+            for lease in first.leases.values():
+                in_hand.enter_context(lease.in_use())
             async with running(second):
-                await asyncio.wait_for(revoked.wait(), 10)
+                await wait_until(lambda: len(revoked) == 1, 10)  # one of the two moves
+                (moving,) = revoked
                 await asyncio.sleep(3 * SETTLE)
-                # still in use here: the queue is not freed, so the newcomer cannot have it
-                assert busy.name in first.held()
-                assert busy.name not in usable(second)
+                # still in hand: the queue is not freed, so the newcomer cannot have it
+                assert moving in first.held()
+                assert moving not in usable(second)
+                in_hand.close()  # the notification is done: now it moves
+                await wait_until(lambda: usable(second) == {moving}, SETTLE + 5)
+                assert moving not in first.held()

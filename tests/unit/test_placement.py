@@ -93,3 +93,11 @@ def test_beats_round_trip_and_tolerate_new_fields() -> None:
     beat = Beat(member="h/1/ab", sources=["s"], held=["s"])
     assert BEAT_DECODER.decode(BEAT_ENCODER.encode(beat)) == beat
     assert BEAT_DECODER.decode(b'{"member":"m","zone":"eu"}') == Beat(member="m")
+
+
+def test_a_member_beating_slower_is_kept_for_three_of_its_own_intervals() -> None:
+    members = Members(expiry=3.0)
+    members.saw(Beat(member="slow", interval=5.0), now=0.0)
+    members.saw(Beat(member="quick", interval=1.0), now=0.0)
+    assert members.expire(now=4.0) == ["quick"]
+    assert members.expire(now=16.0) == ["slow"]
