@@ -9,7 +9,12 @@ import httpx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bridge.envelope import Outbound
+from bridge.errors import PermanentProviderError
+from bridge.providers.greenapi import error_for_status
 from tests.component.test_poller import make
+from tests.component.test_webhooks_fuzz import FAILURES
+from tests.unit.test_envelope_fuzz import amqp_frames
 
 PERMANENT = {401, 403, 404}
 STATUSES = st.sampled_from([200, 200, 200, 400, 401, 403, 404, 429, 466, 499, 500, 502, 503])
@@ -70,3 +75,146 @@ def test_random_provider(
             )
 
     asyncio.run(go())
+
+
+# -- a provider queue with real semantics, faults on every call, a broker that fails -------
+
+DEEP = b"[" * 50_000 + b"]" * 50_000
+NOTES = st.sampled_from(["note", "note", "note", "broken", "bare", "deep", "utf8", "negative"])
+RECEIVE_FAULTS = st.one_of(
+    st.just("head"),
+    st.just("head"),
+    st.tuples(
+        st.sampled_from([400, 401, 404, 429, 466, 500, 502, 200]),
+        st.sampled_from([b"", b"oops", b"Instance is deleted", b"starting process", b"<html>"]),
+    ),
+    st.sampled_from(["connect", "timeout", "bug"]),
+)
+DELETE_FAULTS = st.one_of(
+    st.just("ok"),
+    st.just("ok"),
+    st.tuples(
+        st.sampled_from([200, 401, 429, 466, 500]),
+        st.sampled_from([b'{"result":false}', b"", b"oops", b'{"result":"\xff"}']),
+    ),
+    st.sampled_from(["connect", "bug"]),
+)
+PUBLISH = st.sampled_from(["ack", "ack", "ack", "nack", "timeout", "returned", "down", "bug"])
+
+
+def _body(kind: str, n: int) -> bytes | None:
+    return {
+        "note": b'{"typeWebhook":"incomingCall","idMessage":"m%d"}' % n,
+        "broken": b'{"typeWebhook":"incomingCall","n":%d,' % n,
+        "bare": None,
+        "deep": b'{"typeWebhook":"x","n":%d,"j":%s}' % (n, DEEP),
+        "utf8": b'{"typeWebhook":"\xff","n":%d}' % n,
+        "negative": b'{"typeWebhook":"x","timestamp":-%d}' % n,
+    }[kind]
+
+
+def _raise(kind: str) -> None:
+    if kind == "connect":
+        raise httpx.ConnectError("refused")
+    if kind == "timeout":
+        raise httpx.ReadTimeout("slow")
+    raise RuntimeError("a surprise in the transport")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    notes=st.lists(NOTES, max_size=8),
+    receives=st.lists(RECEIVE_FAULTS, max_size=12),
+    deletes=st.lists(DELETE_FAULTS, max_size=8),
+    publishes=st.lists(PUBLISH, max_size=10),
+)
+def test_provider_queue_with_faults_everywhere(
+    notes: list[str], receives: list[object], deletes: list[object], publishes: list[str]
+) -> None:
+    queue = [(100 + i, _body(kind, i)) for i, kind in enumerate(notes)]
+    order = [r for r, _ in queue]
+    receive_script, delete_script, publish_script = list(receives), list(deletes), list(publishes)
+    confirmed: list[int] = []  # receipts, in confirm order
+    attempted_heads: list[tuple[int, int | None]] = []  # (receipt published, head then)
+    violations: list[str] = []
+    permanent_served: list[str] = []
+    in_flight = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "DELETE":
+            receipt = int(request.url.path.rsplit("/", 1)[1])
+            action = delete_script.pop(0) if delete_script else "ok"
+            if isinstance(action, str) and action != "ok":
+                _raise(action)
+            if isinstance(action, tuple):
+                status, text = action
+                if status != 200 and isinstance(
+                    error_for_status(status, text), PermanentProviderError
+                ):
+                    permanent_served.append(f"DELETE {status}")
+                return httpx.Response(status, content=text)
+            if receipt not in confirmed:
+                violations.append(f"deleted {receipt} before a confirm")
+            if queue and queue[0][0] == receipt:
+                queue.pop(0)
+            return httpx.Response(200, content=b'{"result":true}')
+        action = receive_script.pop(0) if receive_script else "head"
+        if isinstance(action, str) and action != "head":
+            _raise(action)
+        if isinstance(action, tuple):
+            status, text = action
+            if status != 200 and isinstance(error_for_status(status, text), PermanentProviderError):
+                permanent_served.append(f"GET {status}")
+            return httpx.Response(status, content=text)
+        if not queue:
+            return httpx.Response(200, content=b"null")
+        receipt, body = queue[0]
+        if body is None:
+            return httpx.Response(200, content=b'{"receiptId":%d}' % receipt)
+        return httpx.Response(200, content=b'{"receiptId":%d,"body":%s}' % (receipt, body))
+
+    async def go() -> None:
+        nonlocal in_flight
+        poller, stub, _ = make(handler)
+
+        async def publish(out: Outbound) -> bool:
+            nonlocal in_flight
+            in_flight += 1
+            if in_flight > 1:
+                violations.append("two notifications of one instance in flight")
+            try:
+                amqp_frames(out)  # what the real publisher would have to send
+                receipt = int(out.headers["x-receipt-id"])
+                attempted_heads.append((receipt, queue[0][0] if queue else None))
+                await asyncio.sleep(0)
+                outcome = publish_script.pop(0) if publish_script else "ack"
+                if outcome == "bug":
+                    raise ValueError("a bug in the publisher")
+                if outcome in FAILURES:
+                    raise FAILURES[outcome]
+                confirmed.append(receipt)
+                return True
+            finally:
+                in_flight -= 1
+
+        stub.publish = publish  # type: ignore[method-assign]
+        task = asyncio.create_task(poller.run())
+        async with asyncio.timeout(8):
+            while (queue or receive_script) and not task.done():
+                await asyncio.sleep(0.001)
+            if permanent_served:
+                await task  # a permanent error stops the source by itself
+        poller.stop()
+        await asyncio.wait_for(task, 5)  # run() returns; it never raises
+        if poller.stopped_reason is not None:
+            assert permanent_served, f"stopped on {poller.stopped_reason} without a permanent error"
+        else:
+            assert not permanent_served
+            assert not queue, "the poller gave up on a notification"
+
+    asyncio.run(go())
+    assert violations == []
+    for receipt, head in attempted_heads:
+        assert receipt == head, "published something other than the head of the queue"
+    firsts = list(dict.fromkeys(confirmed))
+    assert firsts == order[: len(firsts)], "provider order not kept"
