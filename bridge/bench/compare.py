@@ -10,8 +10,10 @@ notification is deleted at the provider and has arrived at the sink queue:
   notification with pika on a confirm channel before the SDK deletes it
   (`benchmarks/alternatives/greenapi_sdk_pika.py`).
 
-Latency: each `idMessage` carries its enqueue time; latency is enqueue to arrival at the sink
-consumer, for both alike (with a queue of M per instance, mostly time spent waiting in it).
+Ours is measured before and after the alternatives of its group, and its figures are the mean
+of both runs. Latency: each `idMessage` carries its enqueue time; latency is enqueue to arrival
+at the sink consumer, for both alike (with a queue of M per instance, mostly time spent waiting
+in it).
 
 Webhooks — the same load generator (`wrk`, or the built-in one) keeps C distinct GREEN-API
 bodies in flight for D seconds after a warm-up; latency is the generator's request latency:
@@ -51,7 +53,7 @@ from bridge.bench.common import (
     local_broker_pid,
     print_result,
 )
-from bridge.bench.compare_runs import PollSetup, poll_variants, webhook_variants
+from bridge.bench.compare_runs import RunSetup, poll_variants, webhook_variants
 from bridge.bench.compare_table import report
 from bridge.bench.poll import add_setup_arguments
 from bridge.bench.sink import Sink
@@ -132,11 +134,11 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     prefix = f"bench{secrets.token_hex(4)}"
     workdir = Path(tempfile.mkdtemp(prefix="bridge-bench-compare-"))
     broker = local_broker_pid(args.amqp_url)
-    sink = Sink(args.amqp_url, prefix, timed="PS")
+    sink = Sink(args.amqp_url, prefix, timed="PSQ")
     ok = False
     try:
         await sink.start()
-        setup = PollSetup(args, prefix, workdir, broker, sink)
+        setup = RunSetup(args, prefix, workdir, broker, sink)
         polled = await poll_variants(setup, ALTERNATIVES)
         hooked = await webhook_variants(
             setup, ALTERNATIVES, generator=generator, management=_management(args)

@@ -1,5 +1,8 @@
 """The variants of `bridge bench compare`, run one after another: each starts its process, is
-measured, and is stopped before the next starts, so none shares the machine with another."""
+measured, and is stopped before the next starts, so none shares the machine with another. Ours
+runs first and again last in each group, and its row is the mean of the two (`bracket`): on a
+shared machine the speed drifts during a run, and an alternative measured in between is then
+compared with ours at about the same moment."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import asyncio
 import math
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +56,7 @@ LABELS = {
 
 
 @dataclass(frozen=True)
-class PollSetup:
+class RunSetup:
     """What every variant of one run shares."""
 
     args: argparse.Namespace
@@ -74,7 +77,7 @@ def _alive(proc: asyncio.subprocess.Process, log: Path) -> Callable[[], None]:
 # -- polling ---------------------------------------------------------------------------------
 
 
-async def poll_variants(run: PollSetup, scripts: Path) -> dict[str, dict[str, Any]]:
+async def poll_variants(run: RunSetup, scripts: Path) -> dict[str, dict[str, Any]]:
     """Ours, then (a), polling the same fake provider instances."""
     args = run.args
     ids = [str(FIRST_POLL_INSTANCE + i) for i in range(args.instances)]
@@ -82,37 +85,33 @@ async def poll_variants(run: PollSetup, scripts: Path) -> dict[str, dict[str, An
     groups = [ids[k :: args.fake_processes] for k in range(args.fake_processes)]
     ports = [free_port() for _ in groups]
     fakes: list[asyncio.subprocess.Process] = []
-    rows = {}
     try:
         await start_fakes(groups, ports, tokens, args.latency, run.workdir, into=fakes)
         async with httpx.AsyncClient(timeout=30) as client:
             for port in ports:
                 await wait_http(client, f"http://127.0.0.1:{port}/_control/stats")
 
-            async def ours() -> asyncio.subprocess.Process:
+            async def ours(log: Path) -> asyncio.subprocess.Process:
                 http_port = free_port()
                 config, env = poll_config(
                     args.amqp_url, run.prefix, groups, ports, tokens, http_port=http_port
                 )
-                path = run.workdir / "bridge-poll.toml"
+                path = log.with_suffix(".toml")
                 path.write_text(config)
                 proc = await spawn(
-                    ["run", "--config", str(path), "--log-level", "warning"],
-                    run.workdir / "bridge-poll.log",
-                    env=env,
+                    ["run", "--config", str(path), "--log-level", "warning"], log, env=env
                 )
                 await wait_http(client, f"http://127.0.0.1:{http_port}/readyz", timeout=30)
                 return proc
 
-            async def sdk() -> asyncio.subprocess.Process:
-                ready = run.workdir / "sdk.ready"
+            async def sdk(log: Path) -> asyncio.subprocess.Process:
+                ready = log.with_suffix(".ready")
                 argv = [
                     "--amqp-url", args.amqp_url, "--exchange", run.sink.exchange,
                     "--ready-file", str(ready),
                     *(f"{i}:{tokens[i]}@http://127.0.0.1:{port}"
                       for port, group in zip(ports, groups, strict=True) for i in group),
                 ]  # fmt: skip
-                log = run.workdir / "sdk.log"
                 script = str(scripts / "greenapi_sdk_pika.py")
                 proc = await spawn(argv, log, program=(script,))
                 deadline = time.monotonic() + 120
@@ -123,10 +122,15 @@ async def poll_variants(run: PollSetup, scripts: Path) -> dict[str, dict[str, An
                     await asyncio.sleep(0.1)
                 return proc
 
-            for name, letter, start in (("ours_poll", "P", ours), ("sdk", "S", sdk)):
-                rows[name] = await _poll_one(
+            # ours before and after (a): drift on a shared machine shows, and averages out
+            runs = []
+            order = (("ours_poll", "P", ours), ("sdk", "S", sdk), ("ours_poll", "Q", ours))
+            for name, letter, start in order:
+                one = await _poll_one(
                     run, client, ports=ports, groups=groups, name=name, letter=letter, start=start
                 )
+                runs.append(one)
+            rows = {"ours_poll": bracket(runs[0], runs[2]), "sdk": runs[1]}
     finally:
         for proc in fakes:
             await stop_process(proc)
@@ -134,20 +138,20 @@ async def poll_variants(run: PollSetup, scripts: Path) -> dict[str, dict[str, An
 
 
 async def _poll_one(
-    run: PollSetup,
+    run: RunSetup,
     client: httpx.AsyncClient,
     *,
     ports: list[int],
     groups: list[list[str]],
     name: str,
     letter: str,
-    start: Callable[[], Awaitable[asyncio.subprocess.Process]],
+    start: Callable[[Path], Awaitable[asyncio.subprocess.Process]],
 ) -> dict[str, Any]:
     args = run.args
     total = args.instances * args.per_instance
     baseline = await _receives(client, ports)
-    proc = await start()
-    log = run.workdir / ("bridge-poll.log" if name == "ours_poll" else "sdk.log")
+    log = run.workdir / f"{name}-{letter}.log"
+    proc = await start(log)
     alive = _alive(proc, log)
     try:
         await _all_polling(client, ports, baseline, alive, name)
@@ -244,7 +248,7 @@ def _cpu(pid: int | None) -> float:
 
 
 async def webhook_variants(
-    run: PollSetup, scripts: Path, *, generator: str, management: tuple[str, str, str]
+    run: RunSetup, scripts: Path, *, generator: str, management: tuple[str, str, str]
 ) -> dict[str, dict[str, Any]]:
     """Ours, (b), (c) and (d), under the same load generator (the same in-flight depth)."""
     args = argparse.Namespace(**{**vars(run.args), "instances": run.args.webhook_instances})
@@ -286,51 +290,69 @@ async def webhook_variants(
             )  # fmt: skip
         return await _hook_row(run, name, letters[1], result, pid)
 
-    port = free_port()
-    path = run.workdir / "bridge-webhook.toml"
-    path.write_text(webhook_config(args.amqp_url, run.prefix, port, ids))
-    proc = await spawn(
-        ["run", "--config", str(path), "--log-level", "warning"],
-        run.workdir / "bridge-webhook.log",
-        env=env,
-    )
-    try:
-        async with httpx.AsyncClient(timeout=5) as client:
-            await wait_http(client, f"http://127.0.0.1:{port}/readyz", timeout=30)
-        rows["ours_webhook"] = await drive(
-            "ours_webhook", "VW", f"http://127.0.0.1:{port}", proc.pid
-        )
-        _alive(proc, run.workdir / "bridge-webhook.log")()
-    finally:
-        await stop_process(proc)
+    async def served(
+        name: str, letters: str, port: int, argv: list[str], *, health: str,
+        program: Sequence[str],
+    ) -> dict[str, Any]:  # fmt: skip
+        """Start a webhook server, load it once it answers `health`, stop it."""
+        log = run.workdir / f"{name}-{letters}.log"
+        proc = await spawn(argv, log, env=env, program=program)
+        base_url = f"http://127.0.0.1:{port}"
+        try:
+            async with httpx.AsyncClient(timeout=5) as client:
+                await wait_http(client, base_url + health, timeout=60)
+            row = await drive(name, letters, base_url, proc.pid)
+            _alive(proc, log)()
+            return row
+        finally:
+            await stop_process(proc)
 
+    async def ours(letters: str) -> dict[str, Any]:
+        port = free_port()
+        path = run.workdir / f"bridge-webhook-{letters}.toml"
+        path.write_text(webhook_config(args.amqp_url, run.prefix, port, ids))
+        argv = ["run", "--config", str(path), "--log-level", "warning"]
+        return await served(
+            "ours_webhook", letters, port, argv, health="/readyz", program=("-m", "bridge")
+        )
+
+    first = await ours("VW")
     port = free_port()
     argv = ["--amqp-url", args.amqp_url, "--exchange", run.sink.exchange, "--port", str(port)]
-    log = run.workdir / "faststream.log"
-    proc = await spawn(argv, log, env=env, program=(str(scripts / "fastapi_faststream.py"),))
-    try:
-        async with httpx.AsyncClient(timeout=5) as client:
-            await wait_http(client, f"http://127.0.0.1:{port}/healthz", timeout=60)
-        rows["faststream"] = await drive("faststream", "EF", f"http://127.0.0.1:{port}", proc.pid)
-        _alive(proc, log)()
-    finally:
-        await stop_process(proc)
-
+    program = (str(scripts / "fastapi_faststream.py"),)
+    rows["faststream"] = await served(
+        "faststream", "EF", port, argv, health="/healthz", program=program
+    )
     rows["management"] = await drive(
         "management", "LM", management[0], run.broker, target="management"
     )
-
     publish = ["publish", "--amqp-url", args.amqp_url, "--exchange", run.sink.exchange]
     result = await helper_run(
         LABELS["raw"], [*publish, *helper_argv(args), "--prefix", "R000"], env=env,
         workdir=run.workdir, watch=broker, args=args,
     )  # fmt: skip
     rows["raw"] = await _hook_row(run, "raw", "R", result, None)
-    return rows
+    return {"ours_webhook": bracket(first, await ours("TU")), **rows}
+
+
+_MEAN = ("rate", "p50_ms", "p90_ms", "p99_ms", "max_ms", "cpu_cores", "cpu_us", "broker_cpu")
+
+
+def bracket(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """Ours measured before and after the alternatives as one row: the mean of the rates,
+    latencies and CPU figures, the sum of the counts, the larger RSS; both runs kept."""
+    row = {**before, **{key: (before[key] + after[key]) / 2 for key in _MEAN}}
+    for key in ("count", "arrived", "failures"):
+        row[key] = before[key] + after[key]
+    row.pop("elapsed", None)
+    row["rss_mb"] = max(before["rss_mb"], after["rss_mb"])
+    row["moved"] = before["moved"] and after["moved"]
+    row["runs"] = [before, after]
+    return row
 
 
 async def _hook_row(
-    run: PollSetup, name: str, letter: str, result: dict[str, Any], pid: int | None
+    run: RunSetup, name: str, letter: str, result: dict[str, Any], pid: int | None
 ) -> dict[str, Any]:
     """A webhook variant's row; `pid` is the process under test (None: the load process)."""
     ok = result["count"] - result["non_200"]

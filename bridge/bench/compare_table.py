@@ -77,8 +77,16 @@ def report(r: dict[str, Any]) -> str:
         lines.append(group)
         lines += [_row(_cells(n, r["variants"][n])) for n in names if n in r["variants"]]
     moved = "yes" if r["all_moved"] else "NO"
+    lines.append("")
+    for name, what in (("ours_poll", "(a)"), ("ours_webhook", "(b), (c), (d)")):
+        runs = r["variants"].get(name, {}).get("runs")
+        if runs:
+            before, after = (_number(run["rate"]) for run in runs)
+            lines.append(
+                f"  {r['variants'][name]['label']}: the mean of {before} and {after} "
+                f"notifications/s, measured before and after {what}"
+            )
     lines += [
-        "",
         f"  every variant moved every acknowledged notification to the consumer: {moved}",
         f"  machine: {r['cpus']} CPUs, Python {r['python']}",
     ]
