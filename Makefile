@@ -5,7 +5,7 @@ UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint typecheck unit component integration bench broker management clean
+.PHONY: run test lint typecheck unit component integration chaos bench broker management clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -46,6 +46,10 @@ component: $(BIN)/bridge
 
 integration: $(BIN)/bridge broker
 	$(BIN)/pytest tests/integration
+
+## make chaos: the full fault suite (docs/faults.md); `make test` runs its quick size
+chaos: $(BIN)/bridge broker
+	BRIDGE_CHAOS_SIZE=full $(BIN)/pytest -m chaos tests/chaos
 
 ## make bench: polling throughput against the protocol limit (see docs/benchmarks.md)
 bench: $(BIN)/bridge broker

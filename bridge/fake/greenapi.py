@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections import deque
 from typing import Final
 
@@ -110,6 +111,7 @@ class Instance:
         "in_flight",
         "latency",
         "overlapped",
+        "overlaps",
         "push_counts",
         "pusher",
         "queue",
@@ -143,6 +145,8 @@ class Instance:
         self.receives = 0
         self.in_flight = 0
         self.overlapped = False
+        #: wall-clock time of every receive that began while another one was in flight
+        self.overlaps: list[float] = []
         self.closed = False
         self.deleted_receipts: list[int] = []
         self.settings = default_settings(id)
@@ -184,6 +188,7 @@ class Instance:
         self.in_flight += 1
         if self.in_flight > 1:
             self.overlapped = True
+            self.overlaps.append(time.time())
 
     def end_receive(self) -> None:
         self.in_flight -= 1

@@ -400,8 +400,13 @@ class Rig:
             phase.notes.append("lost: " + ", ".join(lost_examples[:10]))
         overlapped = [i for i in POLL if self.fake.state.instance_stats(i).overlapped]
         push_overlap = [i for i in PUSH if self.fake.state.push_stats(i).overlapped]
-        if overlapped:
-            phase.notes.append(f"overlapping receives on {len(overlapped)} instances")
+        for ident in overlapped:
+            times = self.fake.state.instances[ident].overlaps
+            stamps = ", ".join(
+                time.strftime("%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+                for t in times[:5]
+            )
+            phase.notes.append(f"overlapping receives on {ident}: {len(times)} at {stamps}")
         if push_overlap:
             phase.notes.append(f"overlapping pushes on {len(push_overlap)} instances")
         settled = dict(self.sampler.last)

@@ -38,9 +38,9 @@ pytestmark = [
 
 MB = 2**20
 #: no bridge process may ever exceed this
-RSS_BOUND = 300 * MB
+RSS_BOUND = 200 * MB
 #: a process alive since the baseline may end a phase at most this much above its baseline
-RSS_GROWTH = 48 * MB
+RSS_GROWTH = 24 * MB
 #: the poller's deleteNotification timeout (bridge/ingest/poller.py)
 DELETE_TIMEOUT = 30.0
 
