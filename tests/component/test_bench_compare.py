@@ -8,27 +8,14 @@ import json
 import math
 
 import aio_pika
-import aiormq.exceptions
 import pytest
 
 from bridge.bench import compare
 from bridge.bench.common import topology_names
+from tests.component.test_bench_webhook import _exists  # the same passive probe
 from tests.conftest import AMQP_URL
 
 VARIANTS = {"ours_poll", "sdk", "ours_webhook", "faststream", "management", "raw"}
-
-
-async def _exists(connection: aio_pika.abc.AbstractConnection, kind: str, name: str) -> bool:
-    channel = await connection.channel()
-    try:
-        if kind == "queue":
-            await channel.declare_queue(name, passive=True)
-        else:
-            await channel.declare_exchange(name, passive=True)
-    except aiormq.exceptions.ChannelNotFoundEntity:
-        return False
-    await channel.close()
-    return True
 
 
 @pytest.mark.integration
