@@ -157,7 +157,7 @@ class LeaseKeeper:
         await keep_connection(
             self._amqp.url, self._session, stop=self._stop, backoff=self._backoff,
             timeout=self._amqp.connect_timeout, heartbeat=self._cfg.heartbeat,
-            name=f"bridge {APP_ID} leases {self.member}", after=self._down, events="lease",
+            name=f"bridge {APP_ID} leases {self.member}", after=self._down, events="lease.broker",
             log=log,
         )  # fmt: skip
 

@@ -19,6 +19,8 @@ calls live under ``/_control`` (see :mod:`bridge.fake.control` and
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from collections.abc import Awaitable, Callable, MutableMapping
 from http import HTTPStatus
 from typing import Any, Final
@@ -122,6 +124,32 @@ def _settle(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
+def _connected(receive: Receive) -> Callable[[], bool]:
+    """Whether the request's client still holds its connection, read from the socket itself
+    (a FIN or reset the server has not processed yet counts as gone). Relies on uvicorn's
+    request cycle exposing its transport; without it every client counts as connected."""
+    transport = getattr(getattr(receive, "__self__", None), "transport", None)
+
+    def connected() -> bool:
+        if transport is None:
+            return True
+        if transport.is_closing():
+            return False
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return True
+        try:
+            with socket.socket(fileno=os.dup(sock.fileno())) as peek:
+                data = peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True  # nothing to read: the connection is open
+        except OSError:
+            return False  # reset
+        return data != b""  # b"": the client closed its side
+
+    return connected
+
+
 async def _until_disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
@@ -217,11 +245,11 @@ class _FakeProvider:
         if settings:
             await self._settings(instance, parts[2] == "setSettings", receive, send)
         elif receiving:
-            instance.begin_receive()
+            handle = instance.begin_receive(_connected(receive))
             try:
                 await self._receive(instance, scope, receive, send)
             finally:
-                instance.end_receive()
+                instance.end_receive(handle)
         else:
             await self._delete(instance, parts[4], send)
 

@@ -15,6 +15,7 @@ import asyncio
 import itertools
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Final
 
 import msgspec
@@ -116,6 +117,7 @@ class Instance:
         "pusher",
         "queue",
         "receive_window",
+        "receivers",
         "receives",
         "set_settings_window",
         "settings",
@@ -144,6 +146,8 @@ class Instance:
         self.deleted = 0
         self.receives = 0
         self.in_flight = 0
+        #: receive token -> "is its client still connected?", for every receive in flight
+        self.receivers: dict[int, Callable[[], bool]] = {}
         self.overlapped = False
         #: wall-clock time of every receive that began while another one was in flight
         self.overlaps: list[float] = []
@@ -183,15 +187,25 @@ class Instance:
         self.deleted_receipts.append(receipt_id)
         return True
 
-    def begin_receive(self) -> None:
+    def begin_receive(self, connected: Callable[[], bool] = lambda: True) -> int:
+        """Count a receive in flight; returns its token for `end_receive`.
+
+        Overlap means another receive is in flight whose client is still connected: a client
+        that gave up a request closed its connection before asking again, even when the server
+        has not processed that close yet (a busy event loop handles both in one turn).
+        """
         self.receives += 1
         self.in_flight += 1
-        if self.in_flight > 1:
+        token = self.receives
+        if any(alive() for alive in self.receivers.values()):
             self.overlapped = True
             self.overlaps.append(time.time())
+        self.receivers[token] = connected
+        return token
 
-    def end_receive(self) -> None:
+    def end_receive(self, token: int) -> None:
         self.in_flight -= 1
+        self.receivers.pop(token, None)
 
     def take_fault(self, method: Method) -> Fault | None:
         """Consume one use of the first queued fault that applies to ``method``."""

@@ -17,6 +17,7 @@ import pytest
 from bridge.fake import FakeGreenApi, Fault, sample_notifications, serve
 from bridge.fake.greenapi import (
     BadRequestError,
+    Instance,
     SlidingWindow,
     notification_response,
     parse_receive_timeout,
@@ -362,6 +363,55 @@ async def test_overlap_is_detected_only_for_concurrent_receives(
     assert fake.instance_stats(ID).overlapped
     stats = (await client.get("/_control/stats")).json()
     assert stats["overlapped"] is True and stats["instances"][ID]["overlapped"] is True
+
+
+def test_a_receive_whose_client_is_gone_does_not_overlap() -> None:
+    instance = Instance(ID, TOKEN, None, rate_limit=100)
+    gone = instance.begin_receive(lambda: False)  # client closed; close not yet processed
+    retry = instance.begin_receive()
+    assert not instance.overlapped and instance.in_flight == 2
+    instance.end_receive(gone)
+    instance.end_receive(retry)
+    first = instance.begin_receive()
+    instance.begin_receive()
+    assert instance.overlapped and len(instance.overlaps) == 1
+    instance.end_receive(first)
+
+
+async def test_a_retry_right_after_the_client_closed_its_long_poll_is_no_overlap(
+    fake: FakeGreenApi, fake_server: tuple[FakeGreenApi, str]
+) -> None:
+    fake.timeout_scale = 1.0  # an empty long poll lasts 5 s
+    port = int(fake_server[1].rsplit(":", 1)[1])
+    request = f"GET {RECEIVE} HTTP/1.1\r\nhost: x\r\n\r\n".encode()
+    first = socket.create_connection(("127.0.0.1", port))
+    second = socket.create_connection(("127.0.0.1", port))  # idle in the client's pool
+    first.sendall(request)
+    instance = fake.instance(ID)
+    deadline = time.monotonic() + 5
+    while instance.in_flight != 1:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    # The client gives up and asks again at once on its other connection. The server's loop
+    # does not run in between (these calls block it): it sees both in the same turn.
+    first.close()
+    second.sendall(request)
+    time.sleep(0.05)  # noqa: ASYNC251 - holding the loop is the point
+    try:
+        while instance.receives < 2:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        assert not instance.overlapped
+        # the same request from a client still connected is an overlap
+        third = socket.create_connection(("127.0.0.1", port))
+        third.sendall(request)
+        while instance.receives < 3:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        assert instance.overlapped
+        third.close()
+    finally:
+        second.close()
 
 
 async def test_latency_per_instance_overrides_the_global_default(
