@@ -36,7 +36,15 @@ from bridge.bench.load import (
     management_target,
     percentiles,
 )
-from bridge.bench.poll import deleted, enqueue, poll_config, start_fakes, wait_deleted
+from bridge.bench.poll import (
+    deleted,
+    enqueue,
+    poll_config,
+    receives,
+    start_fakes,
+    wait_deleted,
+    wait_polling,
+)
 from bridge.bench.sink import Sink, poll_tag
 from bridge.bench.webhook import webhook_config
 from bridge.bench.wrk import wrk_run
@@ -149,12 +157,12 @@ async def _poll_one(
 ) -> dict[str, Any]:
     args = run.args
     total = args.instances * args.per_instance
-    baseline = await _receives(client, ports)
+    baseline = await receives(client, ports)
     log = run.workdir / f"{name}-{letter}.log"
     proc = await start(log)
     alive = _alive(proc, log)
     try:
-        await _all_polling(client, ports, baseline, alive, name)
+        await wait_polling(client, ports, baseline, alive, LABELS[name])
         await asyncio.sleep(args.settle)
         alive()
         before = await deleted(client, ports)
@@ -193,35 +201,6 @@ async def _poll_one(
         "failures": 0,
         "moved": arrived_all,
     }
-
-
-async def _receives(client: httpx.AsyncClient, ports: list[int]) -> dict[str, int]:
-    """`receiveNotification` calls begun so far, per instance, on every fake provider."""
-    found = {}
-    for port in ports:
-        stats = (await client.get(f"http://127.0.0.1:{port}/_control/stats")).json()
-        found.update({ident: c["receives"] for ident, c in stats["instances"].items()})
-    return found
-
-
-async def _all_polling(
-    client: httpx.AsyncClient,
-    ports: list[int],
-    baseline: dict[str, int],
-    alive: Callable[[], None],
-    name: str,
-) -> None:
-    """Until the variant has begun a receive on every instance (the bridge's pollers wait out
-    their lease's settle delay first): from then on each instance has a long poll pending."""
-    deadline = time.monotonic() + 120
-    while True:
-        now = await _receives(client, ports)
-        if all(now[i] > count for i, count in baseline.items()):
-            return
-        alive()
-        if time.monotonic() > deadline:
-            raise SystemExit(f"compare bench: {LABELS[name]} not polling every instance")
-        await asyncio.sleep(0.1)
 
 
 class _Stall:

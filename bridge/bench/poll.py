@@ -100,14 +100,18 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             config, env = poll_config(args.amqp_url, prefix, groups, ports, tokens)
             path = workdir / "bridge.toml"
             path.write_text(config)
+            baseline = await receives(client, ports)
             bridge = await spawn(
                 ["run", "--config", str(path), "--log-level", "warning"],
                 workdir / "bridge.log",
                 env=env,
             )
-            await asyncio.sleep(2.0)  # connected, every source long-polling an empty queue
-            if bridge.returncode is not None:
-                raise SystemExit(f"bridge exited early, see {workdir / 'bridge.log'}")
+
+            def check() -> None:
+                if bridge is not None and bridge.returncode is not None:
+                    raise SystemExit(f"bridge exited, see {workdir / 'bridge.log'}")
+
+            await wait_polling(client, ports, baseline, check, "poll bench")
             bodies = numbered_notifications(n * m, prefix="BENCH")
             cpu_before = cpu_seconds(bridge.pid)
             started = time.perf_counter()
@@ -115,11 +119,6 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 for ident in group:
                     await enqueue(client, port, ident, [bodies.pop() for _ in range(m)])
             total = n * m
-
-            def check() -> None:
-                if bridge is not None and bridge.returncode is not None:
-                    raise SystemExit(f"bridge exited, see {workdir / 'bridge.log'}")
-
             await wait_deleted(client, ports, total, progress, check)
             elapsed = time.perf_counter() - started
             cpu = cpu_seconds(bridge.pid) - cpu_before
@@ -149,6 +148,35 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "prefix": prefix,
         "python": sys.version.split()[0],
     }
+
+
+async def receives(client: httpx.AsyncClient, ports: list[int]) -> dict[str, int]:
+    """`receiveNotification` calls begun so far, per instance, on every fake provider."""
+    found = {}
+    for port in ports:
+        stats = (await client.get(f"http://127.0.0.1:{port}/_control/stats")).json()
+        found.update({ident: c["receives"] for ident, c in stats["instances"].items()})
+    return found
+
+
+async def wait_polling(
+    client: httpx.AsyncClient,
+    ports: list[int],
+    baseline: dict[str, int],
+    alive: Callable[[], None],
+    label: str,
+) -> None:
+    """Until a receive began on every instance since `baseline` (the bridge's pollers wait
+    out their lease's settle delay first): from then on each instance has a long poll pending."""
+    deadline = time.monotonic() + 120
+    while True:
+        now = await receives(client, ports)
+        if all(now[i] > count for i, count in baseline.items()):
+            return
+        alive()
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{label}: not polling every instance")
+        await asyncio.sleep(0.1)
 
 
 async def start_fakes(
