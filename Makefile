@@ -32,8 +32,8 @@ test: $(BIN)/bridge broker management lint typecheck
 	$(BIN)/pytest
 
 lint: $(BIN)/bridge
-	$(BIN)/ruff check bridge tests examples
-	$(BIN)/ruff format --check bridge tests examples
+	$(BIN)/ruff check bridge tests examples benchmarks
+	$(BIN)/ruff format --check bridge tests examples benchmarks
 
 typecheck: $(BIN)/bridge
 	$(BIN)/mypy
@@ -47,7 +47,7 @@ component: $(BIN)/bridge
 integration: $(BIN)/bridge broker
 	$(BIN)/pytest tests/integration
 
-## make chaos: the full fault suite (docs/faults.md); `make test` runs its quick size
+## make chaos: the fault suite alone (docs/faults.md); `make test` runs it too
 chaos: $(BIN)/bridge broker
 	BRIDGE_CHAOS_SIZE=full $(BIN)/pytest -m chaos tests/chaos
 

@@ -81,6 +81,7 @@ class PollConfig(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     backoff_max: PositiveFloat = 30.0
     long_backoff: PositiveFloat = 300.0
     timeout_margin: PositiveFloat = 10.0
+    delete_timeout: PositiveFloat = 30.0
     max_connections: Annotated[int, Meta(ge=1)] = 2000
     delete_attempts: Annotated[int, Meta(ge=1)] = 10
 

@@ -79,7 +79,7 @@ class Poller:
         )
         self._delete_base = f"{base}/deleteNotification/{secret}/"
         self._read_timeout = float(source.receive_timeout + poll.timeout_margin)
-        self._delete_timeout = 30.0
+        self._delete_timeout = poll.delete_timeout
         self._backoff = Backoff(initial=poll.backoff_initial, maximum=poll.backoff_max)
         self._stop = asyncio.Event()
         self._receiving: asyncio.Future[Head | None] | None = None

@@ -41,7 +41,7 @@ SIZES = {
         fault_rounds=1, fault_notes=2_000, kills=3, kill_notes=5_000,
     ),
 }  # fmt: skip
-SIZE = SIZES[os.environ.get("BRIDGE_CHAOS_SIZE", "quick")]
+SIZE = SIZES[os.environ.get("BRIDGE_CHAOS_SIZE", "full")]
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -56,6 +56,8 @@ CLIENT = [str(1101620000 + i) for i in range(4)]
 POLL_SHARE = 0.7
 RECEIVE_TIMEOUT = 5
 TIMEOUT_MARGIN = 1
+#: the bridge's read timeout for deleteNotification (poll.delete_timeout)
+DELETE_TIMEOUT = 5.0
 #: the bridge's read timeout for receiveNotification (receive_timeout + poll.timeout_margin)
 READ_TIMEOUT = RECEIVE_TIMEOUT + TIMEOUT_MARGIN
 
@@ -140,6 +142,7 @@ def bridge_config(amqp_url: str, names: Names, api_url: str) -> tuple[str, dict[
         "backoff_max = 0.5",
         "long_backoff = 1",
         f"timeout_margin = {TIMEOUT_MARGIN}",
+        f"delete_timeout = {DELETE_TIMEOUT}",
         "[log]",
         'level = "info"',
     ]

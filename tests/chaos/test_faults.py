@@ -2,7 +2,7 @@
 bridge fleet; after each, nothing acknowledged is lost, duplicates keep their ``message_id``,
 per-instance order holds, no instance is polled twice at once, and memory stays bounded.
 
-Size: ``BRIDGE_CHAOS_SIZE=quick`` (default, part of ``make test``) or ``full`` (``make chaos``).
+Size: ``BRIDGE_CHAOS_SIZE=full`` (default: ``make test`` and ``make chaos``) or ``quick`` (a shorter run while developing).
 See docs/faults.md.
 """
 
@@ -18,6 +18,7 @@ from bridge.fake import Fault
 from tests.chaos.conftest import SIZE
 from tests.chaos.report import ROWS, Row
 from tests.chaos.rig import (
+    DELETE_TIMEOUT,
     LEASE,
     POLL,
     PROCESSES,
@@ -41,8 +42,6 @@ MB = 2**20
 RSS_BOUND = 200 * MB
 #: a process alive since the baseline may end a phase at most this much above its baseline
 RSS_GROWTH = 24 * MB
-#: the poller's deleteNotification timeout (bridge/ingest/poller.py)
-DELETE_TIMEOUT = 30.0
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +212,7 @@ def _fault_plan(round_: int) -> list[tuple[str, Fault]]:
             Fault(kind="status", status=502, count=2, methods=frozenset({"receive", "delete"})),
         ),
     ]
-    if round_ == 0:  # one delete slower than the poller's delete timeout per run: 32 s
+    if round_ == 0:  # one delete slower than the poller's delete timeout per run
         plan.append(("timeout", Fault(kind="slow", delay=DELETE_TIMEOUT + 2.0, methods=delete)))
     return plan
 

@@ -8,10 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
-import signal
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -21,57 +18,31 @@ import httpx
 import pytest
 
 from tests.conftest import AMQP_URL
+from tests.support.fleet import BridgeFleet, BridgeProcess
 from tests.support.harness import (
     Names,
     bridge_toml,
     collector,
     delete_topology,
     fake_greenapi,
-    free_port,
     token_for,
     wait_until,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180)]
-REPO = Path(__file__).parents[2]
 HELD = re.compile(r'^bridge_lease_held\{instance="(\d+)",provider="greenapi"\} 1\.0$', re.M)
 TAKEOVER_LIMIT = 10.0
 
 
-class Bridge:
-    def __init__(self, config: Path, env: dict[str, str], log: Path) -> None:
-        self.config, self.env, self.log = config, env, log
-        self.port = free_port()
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bridge", "run", "--config", str(self.config),
-                "--log-format", "json", cwd=REPO, stdout=out, stderr=out,
-                env={**os.environ, **self.env, "BRIDGE_HTTP__LISTEN": f"127.0.0.1:{self.port}"},
-            )  # fmt: skip
-
-    async def held(self, client: httpx.AsyncClient) -> set[str]:
-        with contextlib.suppress(httpx.HTTPError):
-            response = await client.get(f"http://127.0.0.1:{self.port}/metrics")
-            return set(HELD.findall(response.text))
-        return set()
-
-    async def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        await self.proc.wait()
-
-    async def stop(self) -> int:
-        if self.proc is None or self.proc.returncode is not None:
-            return 0
-        self.proc.send_signal(signal.SIGTERM)
-        return await asyncio.wait_for(self.proc.wait(), 30)
+async def held(process: BridgeProcess, client: httpx.AsyncClient) -> set[str]:
+    """The instances whose lease `process` holds, from its /metrics."""
+    with contextlib.suppress(httpx.HTTPError):
+        return set(HELD.findall((await client.get(f"{process.url}/metrics")).text))
+    return set()
 
 
-async def holdings(bridges: list[Bridge], client: httpx.AsyncClient) -> list[set[str]]:
-    return list(await asyncio.gather(*(b.held(client) for b in bridges)))
+async def holdings(fleet: BridgeFleet, client: httpx.AsyncClient) -> list[set[str]]:
+    return list(await asyncio.gather(*(held(p, client) for p in fleet.processes)))
 
 
 async def test_three_processes_share_the_instances_and_take_over_a_killed_one(
@@ -86,7 +57,7 @@ async def test_three_processes_share_the_instances_and_take_over_a_killed_one(
         )  # fmt: skip
         config = tmp_path / "bridge.toml"
         config.write_text(text)
-        bridges = [Bridge(config, env, tmp_path / f"bridge-{k}.log") for k in range(3)]
+        fleet = BridgeFleet(config, env, size=3, log_dir=tmp_path)
         expected: dict[str, list[bytes]] = defaultdict(list)
         sent = 0
 
@@ -107,22 +78,20 @@ async def test_three_processes_share_the_instances_and_take_over_a_killed_one(
 
         try:
             async with collector(AMQP_URL, names.exchange) as got, httpx.AsyncClient() as client:
-                for bridge in bridges:
-                    await bridge.start()
+                await fleet.start()
                 stop_feeding = asyncio.Event()
                 feeder = asyncio.create_task(feeding(stop_feeding))
 
                 async def spread_is(sizes: list[int]) -> bool:
-                    held = await holdings(bridges, client)
-                    every = [i for h in held for i in h]
-                    return sorted(map(len, held)) == sizes and len(set(every)) == len(every)
+                    now = await holdings(fleet, client)
+                    every = [i for h in now for i in h]
+                    return sorted(map(len, now)) == sizes and len(set(every)) == len(every)
 
                 await _until(lambda: spread_is([4, 4, 4]), 30)
-                victim = bridges[1]
-                orphaned = await victim.held(client)
+                orphaned = await held(fleet.processes[1], client)
                 assert len(orphaned) == 4
                 deleted = {i: fake.state.instance(i).deleted for i in orphaned}
-                await victim.kill()
+                await fleet.kill(1)
                 killed_at = time.monotonic()
                 # every orphaned instance is acknowledged again by a survivor
                 await wait_until(
@@ -130,21 +99,17 @@ async def test_three_processes_share_the_instances_and_take_over_a_killed_one(
                     TAKEOVER_LIMIT,
                 )
                 takeover = time.monotonic() - killed_at
-                survivors = [bridges[0], bridges[2]]
-                await _until(lambda: _covers(survivors, client, orphaned), 5)
-                await victim.start()  # back: it gets its share again
+                await _until(lambda: _covers(fleet, client, orphaned), 5)
+                await fleet.restart(1)  # back: it gets its share again
                 await _until(lambda: spread_is([4, 4, 4]), 30)
                 stop_feeding.set()
                 await feeder
                 await wait_until(lambda: fake.state.stats().totals.outstanding == 0, 30)
                 await wait_until(lambda: len({m.body for m in got.messages}) >= sent, 30)
-                for bridge in bridges:
-                    assert await bridge.stop() == 0
+                assert await fleet.stop() == [0, 0, 0]
                 assert not fake.state.stats().overlapped, "two processes polled one instance"
         finally:
-            for bridge in bridges:
-                if bridge.proc is not None and bridge.proc.returncode is None:
-                    bridge.proc.kill()
+            await fleet.stop(timeout=5)
             await delete_topology(AMQP_URL, names)
     print(f"takeover of a killed process's instances: {takeover:.1f} s")
     assert takeover < TAKEOVER_LIMIT
@@ -159,9 +124,8 @@ async def test_three_processes_share_the_instances_and_take_over_a_killed_one(
     assert dict(order) == dict(expected), "lost, or first copies out of provider order"
 
 
-async def _covers(bridges: list[Bridge], client: httpx.AsyncClient, wanted: set[str]) -> bool:
-    held = await holdings(bridges, client)
-    return wanted <= set().union(*held)
+async def _covers(fleet: BridgeFleet, client: httpx.AsyncClient, wanted: set[str]) -> bool:
+    return wanted <= set().union(*await holdings(fleet, client))
 
 
 async def _until(check: Callable[[], Awaitable[bool]], timeout: float) -> None:
