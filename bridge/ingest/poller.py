@@ -125,8 +125,9 @@ class Poller:
                     except asyncio.CancelledError:
                         if self._stop.is_set():
                             break
-                        if self._abandoned:
-                            self._abandoned = False
+                        current = asyncio.current_task()
+                        if self._abandoned and not (current and current.cancelling()):
+                            self._abandoned = False  # only the receive was cancelled
                             continue
                         raise
                     except PermanentProviderError as exc:

@@ -53,7 +53,7 @@ async def test_three_processes_share_the_instances_and_take_over_a_killed_one(
     async with fake_greenapi([(i, token_for(i)) for i in instances], latency=0.002) as fake:
         text, env = bridge_toml(
             amqp_url=AMQP_URL, names=names, api_url=fake.url, instances=instances,
-            lease="interval = 0.5\nsettle = 1.5",
+            lease="",  # the defaults: interval 1 s, settle 3 s
         )  # fmt: skip
         config = tmp_path / "bridge.toml"
         config.write_text(text)
