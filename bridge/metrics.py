@@ -67,7 +67,8 @@ LEASE_MEMBERS = Gauge(
 )
 LEASE_CHANGES = Counter(
     "bridge_lease_changes",
-    "Polling leases acquired, released (handed over), lost (connection gone), suspended",
+    "Polling leases acquired, released (handed over), lost (connection gone), suspended, "
+    "locked (held by something that is not a live bridge)",
     ["change"],
     registry=REGISTRY,
 )

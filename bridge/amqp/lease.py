@@ -134,6 +134,7 @@ class LeaseKeeper:
         self._held: set[str] = set()  # queues this connection owns
         self._settled: set[str] = set()  # held for `settle` seconds: usable unless suspended
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._locked_since: dict[str, float | None] = {}  # None: warned already
         self._releasing: dict[str, asyncio.Task[None]] = {}
         self._suspended = False
         self._suspend_timer: asyncio.TimerHandle | None = None
@@ -324,6 +325,7 @@ class LeaseKeeper:
                 )
             except aiormq.exceptions.ChannelLockedResource:
                 self._channel = None  # held by another connection; the refusal closed it
+                self._locked(name)
                 return False
             except (
                 aiormq.exceptions.ChannelPreconditionFailed,
@@ -333,6 +335,7 @@ class LeaseKeeper:
                 log_event(log, logging.ERROR, "lease.refused", lease=name, detail=str(exc)[:200])
                 return False
         self._held.add(name)
+        self._locked_since.pop(name, None)
         lease = self.leases[name]
         LEASE_HELD.labels(lease.provider, lease.instance).set(1)
         loop = asyncio.get_running_loop()
@@ -348,6 +351,23 @@ class LeaseKeeper:
                 assert self._connection is not None
                 self._channel = await self._connection.channel(publisher_confirms=False)
             yield self._channel
+
+    def _locked(self, name: str) -> None:
+        """The plan gives us `name`, no live member says it holds it, yet its queue is taken.
+        Normal for a while (a holder cut off until RabbitMQ's heartbeat frees its queue);
+        past that, say so once: something that is not a live bridge holds the queue."""
+        now = asyncio.get_running_loop().time()
+        since = self._locked_since.setdefault(name, now)
+        patience = 3 * self._members.expiry + 2 * self._cfg.heartbeat
+        if since is not None and now - since > patience:
+            self._locked_since[name] = None  # warned; again only after it was acquired
+            LEASE_CHANGES.labels("locked").inc()
+            log_event(
+                log, logging.WARNING, "lease.locked",
+                lease=name, seconds=round(now - since),
+                hint="a connection that is not a live bridge holds this queue: close it in "
+                "the management UI, or delete a queue of that name declared by something else",
+            )  # fmt: skip
 
     def _settle(self, name: str) -> None:
         self._timers.pop(name, None)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import time
 import uuid
 from collections.abc import AsyncIterator
 
+import aio_pika
 import pytest
 
-from bridge.amqp.lease import LeaseKeeper
+from bridge.amqp.lease import LeaseKeeper, lease_name
 from bridge.config import AmqpConfig, LeaseConfig, Source
 from tests.conftest import AMQP_URL
 from tests.support.harness import wait_until
@@ -148,3 +150,25 @@ async def test_a_handover_waits_for_the_notification_in_hand(exchange: str) -> N
                 in_hand.close()  # the notification is done: now it moves
                 await wait_until(lambda: usable(second) == {moving}, SETTLE + 5)
                 assert moving not in first.held()
+
+
+async def test_a_lease_queue_held_by_something_else_is_reported_then_taken_when_freed(
+    exchange: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    srcs = sources(1)
+    name = lease_name(srcs[0])
+    squatter = await aio_pika.connect(AMQP_URL)
+    channel = await squatter.channel()
+    await channel.declare_queue(name, durable=True)  # not a bridge's: durable, not exclusive
+    k = keeper(srcs, exchange)
+    try:
+        with caplog.at_level(logging.WARNING, logger="bridge.lease"):
+            async with running(k):
+                # 3 x 0.6 s of silence limit + 2 x 2 s of heartbeat, then one warning
+                await wait_until(lambda: "lease.locked" in caplog.messages, 15)
+                assert not usable(k)
+                await channel.queue_delete(name)
+                await wait_until(lambda: usable(k) == {name}, 10)
+        assert caplog.messages.count("lease.locked") == 1
+    finally:
+        await squatter.close()
