@@ -175,6 +175,7 @@ def _listening_inodes(port: int) -> set[str]:
 def topology_names(prefix: str) -> tuple[list[str], list[str]]:
     """(exchanges, queues) a bench's bridge declares on the `prefix` topology."""
     exchanges = [f"{prefix}.notifications", f"{prefix}.unrouted", f"{prefix}.invalid"]
+    exchanges.append(f"{prefix}.members")  # the polling leases' beats
     return exchanges, [f"{prefix}.unrouted", f"{prefix}.invalid"]
 
 

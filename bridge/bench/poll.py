@@ -254,6 +254,7 @@ def poll_config(
     ]
     if http_port is not None:
         lines += ["[http]", f'listen = "127.0.0.1:{http_port}"']
+    lines += ["[lease]", f'exchange = "{prefix}.members"']  # its own, beside other bridges
     env: dict[str, str] = {}
     for port, group in zip(ports, groups, strict=True):
         for ident in group:
