@@ -15,6 +15,7 @@ import pytest
 
 from bridge.amqp.lease import LeaseKeeper, lease_name
 from bridge.config import AmqpConfig, LeaseConfig, Source
+from bridge.errors import TopologyError
 from tests.conftest import AMQP_URL
 from tests.support.harness import wait_until
 
@@ -54,8 +55,13 @@ def usable(k: LeaseKeeper) -> set[str]:
 
 
 @pytest.fixture
-def exchange() -> str:
-    return f"t{uuid.uuid4().hex[:10]}.members"
+async def exchange() -> AsyncIterator[str]:
+    """A members exchange of the test's own, deleted afterwards."""
+    name = f"t{uuid.uuid4().hex[:10]}.members"
+    yield name
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        await (await connection.channel()).exchange_delete(name)
 
 
 @contextlib.asynccontextmanager
@@ -172,3 +178,14 @@ async def test_a_lease_queue_held_by_something_else_is_reported_then_taken_when_
         assert caplog.messages.count("lease.locked") == 1
     finally:
         await squatter.close()
+
+
+async def test_a_members_exchange_of_another_kind_is_a_config_error(exchange: str) -> None:
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        channel = await connection.channel()
+        await channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+        with pytest.raises(TopologyError):
+            await asyncio.wait_for(keeper(sources(1), exchange).run(), 10)
+    finally:
+        await connection.close()
