@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,8 @@ from tests.support.harness import (
     declare_sink,
     drain_sink,
     fake_greenapi,
+    first_copies,
+    one_id_per_body,
     settings_for,
     token_for,
     wait_until,
@@ -74,12 +75,5 @@ async def test_broker_outage_pauses_deletes_and_recovers(
             await service.shutdown()
             await asyncio.wait_for(task, 30)
     messages = await drain_sink(node.amqp_url, sink)
-    order: dict[str, list[bytes]] = defaultdict(list)
-    ids: dict[bytes, set[str | None]] = defaultdict(set)
-    for message in messages:
-        ids[message.body].add(message.message_id)
-        ident = str(message.headers["x-instance"])
-        if message.body not in order[ident]:
-            order[ident].append(message.body)
-    assert dict(order) == expected
-    assert all(len(v) == 1 for v in ids.values())
+    assert first_copies(messages) == expected
+    assert one_id_per_body(messages)

@@ -25,6 +25,8 @@ from tests.support.harness import (
     collector,
     delete_topology,
     fake_greenapi,
+    first_copies,
+    one_id_per_body,
     token_for,
     wait_until,
 )
@@ -113,15 +115,8 @@ async def test_three_processes_share_the_instances_and_take_over_a_killed_one(
             await delete_topology(AMQP_URL, names)
     print(f"takeover of a killed process's instances: {takeover:.1f} s")
     assert takeover < TAKEOVER_LIMIT
-    ids: dict[bytes, set[str | None]] = defaultdict(set)
-    order: dict[str, list[bytes]] = defaultdict(list)
-    for message in got.messages:
-        ids[message.body].add(message.message_id)
-        ident = str(message.headers["x-instance"])
-        if message.body not in order[ident]:
-            order[ident].append(message.body)
-    assert all(len(v) == 1 for v in ids.values()), "a duplicate with a new message_id"
-    assert dict(order) == dict(expected), "lost, or first copies out of provider order"
+    assert one_id_per_body(got.messages), "a duplicate with a new message_id"
+    assert first_copies(got.messages) == dict(expected), "lost, or first copies out of order"
 
 
 async def _covers(fleet: BridgeFleet, client: httpx.AsyncClient, wanted: set[str]) -> bool:

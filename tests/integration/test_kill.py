@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,8 @@ from tests.support.harness import (
     collector,
     delete_topology,
     fake_greenapi,
+    first_copies,
+    one_id_per_body,
     token_for,
     wait_until,
 )
@@ -72,15 +73,8 @@ async def test_sigkill_mid_run_loses_nothing(tmp_path: Path) -> None:
         finally:
             await delete_topology(AMQP_URL, names)
     assert kills == 3
-    ids_by_body: dict[bytes, set[str | None]] = defaultdict(set)
-    order: dict[str, list[bytes]] = defaultdict(list)
-    for message in got.messages:
-        ids_by_body[message.body].add(message.message_id)
-        ident = str(message.headers["x-instance"])
-        if message.body not in order[ident]:
-            order[ident].append(message.body)
-    assert all(len(ids) == 1 for ids in ids_by_body.values()), "a duplicate with a new message_id"
-    assert dict(order) == expected  # everything arrived, first copies in provider order
+    assert one_id_per_body(got.messages), "a duplicate with a new message_id"
+    assert first_copies(got.messages) == expected  # everything arrived, in provider order
     duplicates = len(got.messages) - total
     assert duplicates <= 3 * len(
         instances

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from tests.support.harness import (
     collector,
     delete_topology,
     fake_greenapi,
+    first_copies,
     settings_for,
     token_for,
     wait_until,
@@ -71,9 +71,4 @@ async def test_cut_network_to_the_broker(tmp_path: Path) -> None:
             await asyncio.wait_for(task, 30)
             await delete_topology(AMQP_URL, names)
     assert deleted <= {m.headers["x-receipt-id"] for m in got.messages}
-    order: dict[str, list[bytes]] = defaultdict(list)
-    for message in got.messages:
-        ident = str(message.headers["x-instance"])
-        if message.body not in order[ident]:
-            order[ident].append(message.body)
-    assert dict(order) == expected
+    assert first_copies(got.messages) == expected

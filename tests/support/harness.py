@@ -173,6 +173,26 @@ async def collector(
         await connection.close()
 
 
+def first_copies(messages: Iterable[AbstractIncomingMessage]) -> dict[str, list[bytes]]:
+    """Per `x-instance`, the distinct bodies in the order their first copies arrived."""
+    order: dict[str, list[bytes]] = {}
+    seen: set[tuple[str, bytes]] = set()
+    for message in messages:
+        ident = str(message.headers["x-instance"])
+        if (ident, message.body) not in seen:
+            seen.add((ident, message.body))
+            order.setdefault(ident, []).append(message.body)
+    return order
+
+
+def one_id_per_body(messages: Iterable[AbstractIncomingMessage]) -> bool:
+    """Every copy of a body carries the same `message_id` (duplicates are recognisable)."""
+    ids: dict[bytes, set[str | None]] = {}
+    for message in messages:
+        ids.setdefault(message.body, set()).add(message.message_id)
+    return all(len(v) == 1 for v in ids.values())
+
+
 async def wait_until(
     predicate: Callable[[], bool], timeout: float = 30.0, interval: float = 0.05
 ) -> None:
