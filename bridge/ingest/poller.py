@@ -14,7 +14,6 @@ error tree here; every class maps to one action: back off, long back-off, or sto
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple
@@ -67,6 +66,7 @@ class Poller:
         self.source = source
         self._lease = lease
         self._abandoned = False
+        self._failures = 0  # consecutive failed receives, for the back-off
         if lease is not None:
             lease.on_revoke(self._abandon_receive)
         self._client = client
@@ -106,66 +106,69 @@ class Poller:
     async def run(self) -> None:
         SOURCE_UP.labels(self.source.provider, self.source.instance).set(1)
         log_event(log, logging.INFO, "source.started", **self._fields())
-        failures = 0
         try:
             while not self._stop.is_set():
                 publisher = self._pipeline.publisher
                 if not publisher.is_ready() and not await self._wait(publisher.wait_ready):
                     break
                 lease = self._lease
-                if (
-                    lease is not None
-                    and not lease.usable()
-                    and not await self._wait(lease.wait_usable)
-                ):
+                if lease is None:
+                    pause = await self._step()
+                elif lease.usable() or await self._wait(lease.wait_usable):
+                    with lease.in_use():  # a hand-over waits for the step, not the pause
+                        pause = await self._step()
+                else:
                     break
-                with lease.in_use() if lease is not None else contextlib.nullcontext():
-                    try:
-                        received = await self._receive_once()
-                    except asyncio.CancelledError:
-                        if self._stop.is_set():
-                            break
-                        current = asyncio.current_task()
-                        if self._abandoned and not (current and current.cancelling()):
-                            self._abandoned = False  # only the receive was cancelled
-                            continue
-                        raise
-                    except PermanentProviderError as exc:
-                        self._stop_loudly(exc, "receive")
-                        return
-                    except SuspendedProviderError as exc:
-                        self._count_error("receive", exc)
-                        self._log_failure("receive", exc, self._poll.long_backoff)
-                        await sleep_unless(self._stop, self._poll.long_backoff)
-                        continue
-                    except TransientProviderError as exc:
-                        delay = self._backoff.delay(failures)
-                        failures += 1
-                        self._count_error("receive", exc)
-                        self._log_failure("receive", exc, delay)
-                        await sleep_unless(self._stop, delay)
-                        continue
-                    except Exception as exc:  # a bug must not silently end the source
-                        await self._unexpected(exc, failures)
-                        failures += 1
-                        continue
-                    failures = 0
-                    if received is not None:
-                        try:
-                            await self._handle(received)
-                        except Exception as exc:  # not deleted: the head comes back
-                            await self._unexpected(exc, 0)
+                if pause:
+                    await sleep_unless(self._stop, pause)
         finally:
             if self.stopped_reason is None:
                 log_event(log, logging.INFO, "source.stopped", **self._fields())
 
-    async def _unexpected(self, exc: Exception, failures: int) -> None:
+    async def _step(self) -> float:
+        """One receive and the notification it brought; returns the pause before the next."""
+        try:
+            received = await self._receive_once()
+        except asyncio.CancelledError:
+            if self._stop.is_set():
+                return 0.0
+            current = asyncio.current_task()
+            if self._abandoned and not (current and current.cancelling()):
+                self._abandoned = False  # only the receive was cancelled
+                return 0.0
+            raise
+        except PermanentProviderError as exc:
+            self._stop_loudly(exc, "receive")
+            return 0.0
+        except SuspendedProviderError as exc:
+            self._count_error("receive", exc)
+            self._log_failure("receive", exc, self._poll.long_backoff)
+            return self._poll.long_backoff
+        except TransientProviderError as exc:
+            delay = self._backoff.delay(self._failures)
+            self._failures += 1
+            self._count_error("receive", exc)
+            self._log_failure("receive", exc, delay)
+            return delay
+        except Exception as exc:  # a bug must not silently end the source
+            delay = self._unexpected(exc, self._failures)
+            self._failures += 1
+            return delay
+        self._failures = 0
+        if received is None:
+            return 0.0
+        try:
+            return await self._handle(received)
+        except Exception as exc:  # not deleted: the head comes back
+            return self._unexpected(exc, 0)
+
+    def _unexpected(self, exc: Exception, failures: int) -> float:
         delay = self._backoff.delay(failures)
         log_event(
             log, logging.ERROR, "source.unexpected_error", exc,
             **self._fields(), error=type(exc).__name__, retry_in=round(delay, 2),
         )  # fmt: skip
-        await sleep_unless(self._stop, delay)
+        return delay
 
     async def _wait(self, ready: Callable[[], Awaitable[None]]) -> bool:
         """Pause (without receiving) until `ready()` returns; False if stopped meanwhile."""
@@ -213,7 +216,8 @@ class Poller:
             return Head(received.receiptId, None, body)
         return Head(received.receiptId, bytes(received.body), body)
 
-    async def _handle(self, head: Head) -> None:
+    async def _handle(self, head: Head) -> float:
+        """Publish, then delete; returns the pause before the next receive."""
         self._received.inc()
         receipt = head.receipt_id
         if head.body is None:
@@ -232,12 +236,12 @@ class Poller:
                 error=type(exc).__name__, detail=str(exc)[:200],
             )  # fmt: skip
             # Not deleted: the same notification returns on the next receive.
-            await sleep_unless(self._stop, self._backoff.delay(0))
-            return
+            return self._backoff.delay(0)
         try:
             await self._delete(receipt)
         except PermanentProviderError as exc:
             self._stop_loudly(exc, "delete")
+            return 0.0
         except ProviderError as exc:
             delay = (
                 self._poll.long_backoff
@@ -245,12 +249,12 @@ class Poller:
                 else self._backoff.delay(1)
             )
             self._log_failure("delete", exc, delay)
-            await sleep_unless(self._stop, delay)
-        else:
-            log_event(
-                log, logging.DEBUG, "notification.acknowledged",
-                **self._fields(), event=out.event, message_id=out.message_id, receipt_id=receipt,
-            )  # fmt: skip
+            return delay
+        log_event(
+            log, logging.DEBUG, "notification.acknowledged",
+            **self._fields(), event=out.event, message_id=out.message_id, receipt_id=receipt,
+        )  # fmt: skip
+        return 0.0
 
     async def _delete(self, receipt: int) -> None:
         """`deleteNotification`, retried on ≥ 500, 429, network errors and unreadable answers."""

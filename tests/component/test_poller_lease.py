@@ -12,6 +12,7 @@ import pytest
 from bridge.amqp.lease import Lease
 from bridge.config import AmqpConfig, PollConfig, Secret, Source
 from bridge.envelope import Outbound
+from bridge.fake.greenapi import Fault
 from bridge.ingest.http import AiohttpProviderHttp
 from bridge.ingest.pipeline import Pipeline
 from bridge.ingest.poller import Poller
@@ -46,14 +47,16 @@ async def fake() -> AsyncIterator[FakeServer]:
         yield server
 
 
-async def start(fake: FakeServer, stub: StubPublisher) -> tuple[Poller, Lease, asyncio.Task[None]]:
+async def start(
+    fake: FakeServer, stub: StubPublisher, poll: PollConfig | None = None
+) -> tuple[Poller, Lease, asyncio.Task[None]]:
     """A poller under an ungranted lease, running; `stop()` ends it and closes its client."""
     source = Source(provider="greenapi", mode="poll", instance=IDENT, api_url=fake.url,
                     token_env="T", receive_timeout=5)  # fmt: skip
     lease = Lease("bridge.lease.greenapi." + IDENT, "greenapi", IDENT)
     poller = Poller(
         source, Secret(TOKEN), client=CLIENTS.setdefault(IDENT, AiohttpProviderHttp(max_connections=4)),
-        pipeline=Pipeline(AmqpConfig(), stub), poll=PollConfig(timeout_margin=2), lease=lease,
+        pipeline=Pipeline(AmqpConfig(), stub), poll=poll or PollConfig(timeout_margin=2), lease=lease,
     )  # fmt: skip
     return poller, lease, asyncio.create_task(poller.run())
 
@@ -114,4 +117,17 @@ async def test_the_notification_in_hand_is_finished_before_a_hand_over(fake: Fak
     assert instance.deleted == 1  # deleted after its confirm, before the lease was let go
     await asyncio.sleep(0.2)
     assert [o.body for o in stub.published] == [NOTE % 3]  # nothing more without the lease
+    await stop(poller, task)
+
+
+async def test_a_hand_over_does_not_wait_out_a_back_off(fake: FakeServer) -> None:
+    stub = StubPublisher()
+    fake.state.set_fault(IDENT, Fault(kind="quota", methods=frozenset({"receive"})))
+    poll = PollConfig(timeout_margin=2, long_backoff=60)
+    poller, lease, task = await start(fake, stub, poll)
+    lease.grant()
+    instance = fake.state.instance(IDENT)
+    await wait_until(lambda: instance.receives == 1 and instance.in_flight == 0, 5)  # 466
+    lease.revoke()
+    assert await lease.quiesce(1)  # the 60-s pause is not a notification in hand
     await stop(poller, task)
