@@ -187,9 +187,10 @@ class LeaseKeeper:
             timeout=timeout,
         )
         await inbox.bind(exchange, timeout=timeout)
+        self._members = Members(expiry=3 * self._cfg.interval)  # a fresh view per connection
         await inbox.consume(self._on_beat, no_ack=True, timeout=timeout)
         self._connection, self._exchange = connection, exchange
-        self._members = Members(expiry=3 * self._cfg.interval)
+        self._suspended = True  # until the first beat is confirmed
         loop = asyncio.get_running_loop()
         planning_from = loop.time() + 1.5 * self._cfg.interval  # hear the others first
         log_event(log, logging.INFO, "lease.connected", member=self.member)
@@ -268,7 +269,8 @@ class LeaseKeeper:
         self._suspend_timer = loop.call_later(2 * self._cfg.interval, self._suspend)
         if self._suspended:
             self._suspended = False
-            log_event(log, logging.INFO, "lease.resumed", held=len(self._held))
+            if self._held:
+                log_event(log, logging.INFO, "lease.resumed", held=len(self._held))
             for name in self._settled:
                 self.leases[name].grant()
 
@@ -278,14 +280,16 @@ class LeaseKeeper:
         await self._exchange.publish(message, routing_key="", timeout=self._cfg.interval)
 
     def _suspend(self) -> None:
-        """No beat confirmed for 2 intervals: this process may be cut off; stop receiving."""
-        if self._suspended or not self._held:
+        """No beat confirmed for 2 intervals: this process may be cut off; stop receiving.
+        Leases settled meanwhile stay unusable until a beat is confirmed again."""
+        if self._suspended:
             return
         self._suspended = True
-        LEASE_CHANGES.labels("suspended").inc()
-        log_event(log, logging.WARNING, "lease.suspended", held=len(self._held))
-        for name in self._held:
-            self.leases[name].revoke()
+        if self._held:
+            LEASE_CHANGES.labels("suspended").inc()
+            log_event(log, logging.WARNING, "lease.suspended", held=len(self._held))
+            for name in self._held:
+                self.leases[name].revoke()
 
     # -- the plan ----------------------------------------------------------------------
 

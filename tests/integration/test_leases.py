@@ -18,6 +18,7 @@ from bridge.config import AmqpConfig, LeaseConfig, Source
 from bridge.errors import TopologyError
 from tests.conftest import AMQP_URL
 from tests.support.harness import wait_until
+from tests.support.tcpproxy import TcpProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -189,3 +190,31 @@ async def test_a_members_exchange_of_another_kind_is_a_config_error(exchange: st
             await asyncio.wait_for(keeper(sources(1), exchange).run(), 10)
     finally:
         await connection.close()
+
+
+async def test_a_holder_cut_off_stops_receiving_before_anyone_else_may(exchange: str) -> None:
+    """The holder reaches RabbitMQ through a proxy that starts dropping every byte: it must
+    stop receiving (2 intervals after its last confirmed beat) before RabbitMQ frees its lease
+    and another member starts receiving (`settle` after taking it)."""
+    host, port = AMQP_URL.rsplit("@", 1)[1].rstrip("/").split(":")
+    proxy = await TcpProxy(target=(host, int(port))).start()
+    srcs = sources(2)
+    cfg = LeaseConfig(interval=INTERVAL, settle=SETTLE, heartbeat=2, exchange=exchange)
+    cut_off = LeaseKeeper(
+        cfg, AmqpConfig(url=f"amqp://guest:guest@127.0.0.1:{proxy.port}/", connect_timeout=5),
+        srcs,
+    )  # fmt: skip
+    other = keeper(srcs, exchange)
+    try:
+        async with no_overlap([cut_off, other]), running(cut_off):
+            await wait_until(lambda: len(usable(cut_off)) == 2, 10)
+            async with running(other):
+                await wait_until(lambda: len(usable(other)) == 1, 10)  # one handed over
+                proxy.blackhole()
+                started = time.monotonic()
+                await wait_until(lambda: not usable(cut_off), 5)
+                assert time.monotonic() - started < 2 * INTERVAL + 1.0
+                await wait_until(lambda: len(usable(other)) == 2, 30)  # after the heartbeat
+    finally:
+        proxy.restore()
+        await proxy.stop()
