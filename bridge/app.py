@@ -35,28 +35,18 @@ class Service:
         cfg = settings.config
         self.settings = settings
         extra = [s.exchange for s in cfg.sources if s.exchange]
-        self.publisher = AmqpPublisher(
-            cfg.amqp,
-            topology(cfg.amqp, extra),
-            Backoff(
-                initial=cfg.poll.backoff_initial,
-                maximum=min(cfg.poll.backoff_max, 10.0),
-                floor=0.05,
-            ),
+        # broker reconnects (publisher and leases): the poll policy, capped at 10 s
+        reconnect = Backoff(
+            initial=cfg.poll.backoff_initial, maximum=min(cfg.poll.backoff_max, 10.0), floor=0.05
         )
+        self.publisher = AmqpPublisher(cfg.amqp, topology(cfg.amqp, extra), reconnect)
         self.pipeline = Pipeline(cfg.amqp, self.publisher)
         self._own_client = client is None
         self.client = client or AiohttpProviderHttp(max_connections=cfg.poll.max_connections)
         polled = [source for source in cfg.sources if source.mode == "poll"]
         self.leases: LeaseKeeper | None = None
         if polled and cfg.lease.enabled:
-            self.leases = LeaseKeeper(
-                cfg.lease,
-                cfg.amqp,
-                polled,
-                Backoff(initial=cfg.poll.backoff_initial, maximum=min(cfg.poll.backoff_max, 10.0),
-                        floor=0.05),
-            )  # fmt: skip
+            self.leases = LeaseKeeper(cfg.lease, cfg.amqp, polled, reconnect)
         self.pollers = [
             Poller(
                 source,
