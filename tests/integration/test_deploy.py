@@ -167,6 +167,22 @@ def test_compose_demo_profile(compose: dict[str, Any]) -> None:
     assert (ROOT / "examples" / "billing_consumer.py").is_file()
 
 
+def test_compose_ha_profile_adds_a_second_poller_of_the_same_sources(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    first, second = services["bridge"], services["bridge-2"]
+    assert second["profiles"] == ["ha"]
+    assert second["environment"] == first["environment"]
+    assert second["depends_on"] == first["depends_on"]
+    assert second.get("command") == first.get("command")
+    assert second["ports"] != first["ports"]
+    # both load the same sources, and leases are on: each instance has one poller at a time
+    settings = load(ROOT / "bridge.toml", second["environment"])
+    assert settings.config.lease.enabled
+    assert [s.mode for s in settings.config.sources[:2]] == ["poll", "poll"]
+
+
 def test_compose_bridge_services_check_healthz(compose: dict[str, Any]) -> None:
     services = compose["services"]
     for name in ("bridge", "bridge-webhook-1", "bridge-webhook-2"):
