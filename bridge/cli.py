@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import sys
@@ -190,6 +191,21 @@ def run_with_aiorun(
     return error
 
 
+#: Young-generation threshold of the cyclic garbage collector while the service runs (700 by
+#: default): with the default, collections of the older generations walk every object the
+#: process holds, pausing the event loop for milliseconds; `bridge bench webhook` p99 fell from
+#: a median of 31.5 ms to 24.5 ms over five runs each (docs/benchmarks.md).
+GC_THRESHOLD = (50_000, 50, 100)
+
+
+def tune_gc() -> None:
+    """Start-up objects (modules, classes, config) live as long as the process: collect once,
+    then freeze them out of every later collection, and collect young objects less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLD)
+
+
 # -- commands --------------------------------------------------------------------------------
 
 
@@ -201,6 +217,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _setup_logging(args, settings)
     from bridge.app import Service
 
+    tune_gc()
     service: Service | None = None
 
     async def main() -> None:
