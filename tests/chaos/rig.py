@@ -36,17 +36,22 @@ from typing import Literal
 
 import aio_pika
 import httpx
-import msgspec
 from aio_pika.abc import AbstractIncomingMessage
 
-from bridge.config import Config
 from tests.chaos.report import Row
 from tests.support.fleet import BridgeFleet, RssSampler
-from tests.support.harness import FakeServer, Names, declare_sink, fake_greenapi, token_for
+from tests.support.harness import (
+    FakeServer,
+    Names,
+    bridge_toml,
+    declare_sink,
+    fake_greenapi,
+    token_for,
+)
 from tests.support.rabbitnode import RabbitNode
 from tests.support.tcpproxy import TcpProxy
 
-__all__ = ["LEASE", "PROCESSES", "READ_TIMEOUT", "Phase", "Rig", "rig_context"]
+__all__ = ["PROCESSES", "READ_TIMEOUT", "Phase", "Rig", "rig_context"]
 
 HOOK_TOKEN = "chaos-hook-token-0123456789abcdef"
 POLL = [str(1101600000 + i) for i in range(12)]
@@ -61,9 +66,7 @@ DELETE_TIMEOUT = 5.0
 #: the bridge's read timeout for receiveNotification (receive_timeout + poll.timeout_margin)
 READ_TIMEOUT = RECEIVE_TIMEOUT + TIMEOUT_MARGIN
 
-#: the bridge shares polling sources between processes through a lease (a ``[lease]`` table)
-LEASE = "lease" in {f.name for f in msgspec.structs.fields(Config)}
-PROCESSES = int(os.environ.get("BRIDGE_CHAOS_PROCESSES", "3" if LEASE else "1"))
+PROCESSES = int(os.environ.get("BRIDGE_CHAOS_PROCESSES", "3"))
 
 Kind = Literal["poll", "push", "client"]
 
@@ -125,48 +128,16 @@ def _body(tag: str, instance: str, n: int) -> bytes:
 
 
 def bridge_config(amqp_url: str, names: Names, api_url: str) -> tuple[str, dict[str, str]]:
-    lines = [
-        "[amqp]",
-        f'url = "{amqp_url}"',
-        f'exchange = "{names.exchange}"',
-        f'unrouted_exchange = "{names.unrouted}"',
-        f'invalid_exchange = "{names.invalid}"',
-        "confirm_timeout = 5",
-        "connect_timeout = 5",
-        "heartbeat = 5",
-        "[http]",
-        'listen = "127.0.0.1:0"',
-        "retry_after = 1",
-        "[poll]",
-        "backoff_initial = 0.05",
-        "backoff_max = 0.5",
-        "long_backoff = 1",
-        f"timeout_margin = {TIMEOUT_MARGIN}",
-        f"delete_timeout = {DELETE_TIMEOUT}",
-        "[log]",
-        'level = "info"',
-    ]
-    if LEASE:
-        lines += [
-            "[lease]",
-            "enabled = true",
-            "interval = 1.0",
-            "settle = 3.0",
-            "heartbeat = 5",
-            f'exchange = "{names.prefix}.members"',
-        ]
-    env = {"CHAOS_HOOK": HOOK_TOKEN}
-    for ident in POLL:
-        lines += [
-            "[[sources]]",
-            'provider = "greenapi"',
-            'mode = "poll"',
-            f'instance = "{ident}"',
-            f'api_url = "{api_url}"',
-            f'token_env = "TOKEN_{ident}"',
-            f"receive_timeout = {RECEIVE_TIMEOUT}",
-        ]
-        env[f"TOKEN_{ident}"] = token_for(ident)
+    text, env = bridge_toml(
+        amqp_url=amqp_url, names=names, api_url=api_url, instances=POLL,
+        receive_timeout=RECEIVE_TIMEOUT, timeout_margin=TIMEOUT_MARGIN,
+        amqp_extra="connect_timeout = 5\nheartbeat = 5",
+        http_extra="retry_after = 1",
+        extra=f'delete_timeout = {DELETE_TIMEOUT}\n[log]\nlevel = "info"',
+        lease="interval = 1.0\nsettle = 3.0\nheartbeat = 5",  # the defaults, as deployed
+    )  # fmt: skip
+    env["CHAOS_HOOK"] = HOOK_TOKEN
+    lines = [text]
     for ident in PUSH + CLIENT:
         lines += [
             "[[sources]]",

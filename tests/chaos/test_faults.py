@@ -19,7 +19,6 @@ from tests.chaos.conftest import SIZE
 from tests.chaos.report import ROWS, Row
 from tests.chaos.rig import (
     DELETE_TIMEOUT,
-    LEASE,
     POLL,
     PROCESSES,
     READ_TIMEOUT,
@@ -185,8 +184,6 @@ async def test_sigkill_bridge_processes(rig: Rig) -> None:
         phase.injected += 1
         await asyncio.sleep(0.3)
         await fleet.restart(slot)
-    if not LEASE:
-        phase.notes.append("the bridge has no polling lease yet: one process")
     row = await settle(rig, phase)
     check(rig, row)
     assert sum(p.kills for p in fleet.processes) >= SIZE.kills

@@ -90,11 +90,15 @@ def bridge_toml(
     api_url: str,
     instances: Iterable[str],
     receive_timeout: int = 5,
+    timeout_margin: float = 5,
     extra: str = "",
     source_extra: str = "",
+    amqp_extra: str = "",
     http_extra: str = "",
     lease: str = "interval = 0.25\nsettle = 0.75",
 ) -> tuple[str, dict[str, str]]:
+    """A config polling ``instances`` with quick back-offs; ``extra`` goes into ``[poll]`` and
+    may open further tables."""
     lines = [
         "[amqp]",
         f'url = "{amqp_url}"',
@@ -102,6 +106,7 @@ def bridge_toml(
         f'unrouted_exchange = "{names.unrouted}"',
         f'invalid_exchange = "{names.invalid}"',
         "confirm_timeout = 5",
+        amqp_extra,
         "[http]",
         'listen = "127.0.0.1:0"',
         http_extra,
@@ -109,7 +114,7 @@ def bridge_toml(
         "backoff_initial = 0.05",
         "backoff_max = 0.5",
         "long_backoff = 1",
-        "timeout_margin = 5",
+        f"timeout_margin = {timeout_margin}",
         extra,
         "[lease]",  # quick hand-overs in tests; the defaults are documented in configuration
         f'exchange = "{names.members}"',
