@@ -170,8 +170,8 @@ async def test_network_cut(rig: Rig) -> None:
 
 
 async def test_sigkill_bridge_processes(rig: Rig) -> None:
-    """SIGKILL during the run, each killed process restarted at once (several processes share
-    the polling instances through the lease when the bridge has one)."""
+    """SIGKILL during the run, each killed process restarted at once (the processes share the
+    polling instances through their leases)."""
     fleet = rig.fleet
     phase = rig.begin(f"SIGKILL bridge ({PROCESSES} proc{'s' if PROCESSES > 1 else ''})")
     total = SIZE.kill_notes
