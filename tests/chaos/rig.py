@@ -11,7 +11,7 @@ Pieces, all started once per module:
   instance, any bridge process (moving to the next one after a failure, like a load balancer),
   only HTTP 200 counts as acknowledged, anything else is retried;
 * ``bridge run`` processes with one config (:class:`~tests.support.fleet.BridgeFleet`), three
-  sharing the polling sources through the lease when the bridge has one, else one;
+  sharing the polling sources through their leases (``BRIDGE_CHAOS_PROCESSES``, 3);
 * a durable quorum sink queue bound ``#`` to the bridge's exchange.
 
 A phase (:meth:`Rig.begin` … :meth:`Rig.settle`) feeds new notifications, lets a test inject a
