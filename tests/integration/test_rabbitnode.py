@@ -20,6 +20,7 @@ _ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:  # when pytest runs without pythonpath = ["."]
     sys.path.insert(0, _ROOT)
 
+from bridge.amqp.connection import open_connection  # noqa: E402
 from tests.support.rabbitnode import RabbitNode, own_rabbit  # noqa: E402, F401
 from tests.support.tcpproxy import TcpProxy  # noqa: E402
 
@@ -123,7 +124,7 @@ async def test_stop_app_outage_then_start_app_recovery(rabbit: RabbitNode) -> No
         assert not connection.connected.is_set()
         assert not rabbit.is_amqp_up()
         with pytest.raises(CONNECT_ERRORS):
-            await aio_pika.connect(rabbit.amqp_url, timeout=5)
+            await open_connection(rabbit.amqp_url, timeout=5)  # closes what a failed try made
 
         await asyncio.to_thread(rabbit.start_app)
         await asyncio.wait_for(watch.reconnected.wait(), 30)
@@ -167,7 +168,7 @@ async def test_proxy_cut_and_restore(rabbit: RabbitNode) -> None:
             proxy.cut()
             await asyncio.wait_for(watch.lost.wait(), 10)
             with pytest.raises(CONNECT_ERRORS):
-                await aio_pika.connect(url, timeout=3)
+                await open_connection(url, timeout=3)
             await asyncio.sleep(1.5)  # several reconnect attempts, all refused
             assert not watch.reconnected.is_set()
             assert proxy.connections == 0
