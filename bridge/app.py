@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 
 import uvicorn
 
@@ -24,10 +23,10 @@ from bridge.ingest.http import AiohttpProviderHttp, ProviderHttp
 from bridge.ingest.pipeline import Pipeline
 from bridge.ingest.poller import Poller
 from bridge.ingest.webhooks import Webhooks
-from bridge.logs import log_event
+from bridge.logs import get_logger
 from bridge.retry import Backoff
 
-log = logging.getLogger("bridge.app")
+log = get_logger(__name__)
 
 
 class Service:
@@ -84,19 +83,20 @@ class Service:
 
     async def run(self) -> None:
         """Run until `shutdown()`; a fatal error (topology conflict) propagates."""
-        log_event(
-            log, logging.INFO, "service.starting",
-            pollers=len(self.pollers), exchange=self.settings.config.amqp.exchange,
+        log.info(
+            "service.starting",
+            pollers=len(self.pollers),
+            exchange=self.settings.config.amqp.exchange,
             webhooks=len(self.settings.config.sources) - len(self.pollers),
-        )  # fmt: skip
+        )
         self._publisher_task = asyncio.create_task(self.publisher.run(), name="publisher")
         host, port = split_listen(self.settings.config.http.listen)
         sock = bind(host, port)
         self.http_port = sock.getsockname()[1]
         self._http_task = asyncio.create_task(self.http.serve(sockets=[sock]), name="http")
         for name in self.webhooks.open_sources():
-            log_event(log, logging.WARNING, "webhook.unauthenticated_source", source=name)
-        log_event(log, logging.INFO, "http.listening", listen=f"{host}:{self.http_port}")
+            log.warning("webhook.unauthenticated_source", source=name)
+        log.info("http.listening", listen=f"{host}:{self.http_port}")
         if self.leases is not None:
             self._lease_task = asyncio.create_task(self.leases.run(), name="leases")
         self._tasks = [
@@ -117,7 +117,7 @@ class Service:
         if self._stopped.is_set():
             return
         self._stopped.set()
-        log_event(log, logging.INFO, "service.stopping")
+        log.info("service.stopping")
         for poller in self.pollers:
             poller.stop()
         self.http.should_exit = True  # stop accepting; in-flight requests finish
@@ -137,4 +137,4 @@ class Service:
                 await asyncio.wait_for(self._publisher_task, timeout)
         if self._own_client:
             await self.client.aclose()
-        log_event(log, logging.INFO, "service.stopped")
+        log.info("service.stopped")

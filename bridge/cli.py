@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import gc
 import json
-import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,9 +20,10 @@ from urllib.parse import urlsplit
 from bridge import __version__, logs
 from bridge.config import Settings, dump, load
 from bridge.errors import ConfigError
+from bridge.logs import get_logger
 
 EXIT_CONFIG = 2
-log = logging.getLogger("bridge.cli")
+log = get_logger(__name__)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -61,18 +61,36 @@ def _parser() -> argparse.ArgumentParser:
     common(fake)
     fake.add_argument("--listen", default="127.0.0.1:8091", help="HOST:PORT (default %(default)s)")
     fake.add_argument(
-        "--instance", action="append", default=[], metavar="ID:TOKEN",
+        "--instance",
+        action="append",
+        default=[],
+        metavar="ID:TOKEN",
         help="an instance to serve (repeatable); --config adds every polling source",
-    )  # fmt: skip
-    fake.add_argument("--evolution", action="append", default=[], metavar="NAME:TOKEN",
-                      help="a fake Evolution instance (repeatable)")  # fmt: skip
-    fake.add_argument("--chatapi", action="append", default=[], metavar="ID:TOKEN",
-                      help="a fake Chat API instance (repeatable)")  # fmt: skip
+    )
+    fake.add_argument(
+        "--evolution",
+        action="append",
+        default=[],
+        metavar="NAME:TOKEN",
+        help="a fake Evolution instance (repeatable)",
+    )
+    fake.add_argument(
+        "--chatapi",
+        action="append",
+        default=[],
+        metavar="ID:TOKEN",
+        help="a fake Chat API instance (repeatable)",
+    )
     fake.add_argument(
         "--seed-samples", action="store_true", help="enqueue the sample notifications"
     )
-    fake.add_argument("--feed", type=float, default=None, metavar="SECONDS",
-                      help="keep adding one sample per instance every SECONDS")  # fmt: skip
+    fake.add_argument(
+        "--feed",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="keep adding one sample per instance every SECONDS",
+    )
     fake.add_argument("--latency", type=float, default=0.0, help="seconds added to every call")
     fake.set_defaults(handler=cmd_fake_provider)
 
@@ -231,7 +249,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     error = run_with_aiorun(main, on_shutdown)
     if isinstance(error, ConfigError):
-        logs.log_event(log, logging.ERROR, "service.config_error", detail=str(error))
+        log.error("service.config_error", detail=str(error))
         return EXIT_CONFIG
     if error is not None:
         log.error("service.failed", exc_info=error)

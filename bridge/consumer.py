@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
@@ -66,13 +65,13 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from bridge.amqp.connection import open_connection
 from bridge.config import mask_url
 from bridge.errors import ConfigError
-from bridge.logs import log_event
+from bridge.logs import get_logger
 from bridge.retry import Backoff, sleep_unless
 
 __all__ = ["Consumer", "Delivery", "QueueNotFound", "SeenIds"]
 
 T = TypeVar("T")
-log = logging.getLogger("bridge.consumer")
+log = get_logger(__name__)
 _RECONNECT: Final = Backoff(initial=0.5, maximum=15.0, floor=0.05)
 _LOST: Final = (aiormq.exceptions.ChannelInvalidStateError, *CONNECTION_EXCEPTIONS)
 
@@ -135,9 +134,21 @@ class Delivery:
     """
 
     __slots__ = (
-        "_consumer", "_settled", "body", "chat_id", "event", "headers", "instance", "message",
-        "message_id", "message_key", "provider", "redelivered", "routing_key", "timestamp",
-    )  # fmt: skip
+        "_consumer",
+        "_settled",
+        "body",
+        "chat_id",
+        "event",
+        "headers",
+        "instance",
+        "message",
+        "message_id",
+        "message_key",
+        "provider",
+        "redelivered",
+        "routing_key",
+        "timestamp",
+    )
 
     def __init__(self, message: AbstractIncomingMessage, consumer: Consumer) -> None:
         headers: Mapping[str, object] = message.headers
@@ -193,10 +204,12 @@ class Delivery:
             await send()
         except _LOST:
             stats["lost"] += 1
-            log_event(
-                log, logging.WARNING, "consumer.settle_lost",
-                queue=self._consumer.queue, outcome=outcome, message_id=self.message_id,
-            )  # fmt: skip
+            log.warning(
+                "consumer.settle_lost",
+                queue=self._consumer.queue,
+                outcome=outcome,
+                message_id=self.message_id,
+            )
 
     def __repr__(self) -> str:
         return f"<Delivery {self.routing_key} {self.message_id}>"
@@ -302,9 +315,10 @@ class Consumer:
     async def _connect(self) -> asyncio.Event:
         """One connection, channel and consumer; the event is set when either is lost."""
         connection = await open_connection(
-            self._url, timeout=self._connect_timeout,
+            self._url,
+            timeout=self._connect_timeout,
             client_properties={"connection_name": f"bridge.consumer {self.queue}"},
-        )  # fmt: skip
+        )
         lost = asyncio.Event()
         try:
             connection.close_callbacks.add(lambda *_: lost.set())
@@ -336,7 +350,7 @@ class Consumer:
             while await _first(lost, self._stopping) is lost:
                 self.stats["reconnects"] += 1
                 await self._disconnect()
-                log_event(log, logging.WARNING, "consumer.lost", queue=self.queue, url=url)
+                log.warning("consumer.lost", queue=self.queue, url=url)
                 attempt = 0
                 while True:
                     if await sleep_unless(self._stopping, self._backoff.delay(attempt)):
@@ -345,12 +359,14 @@ class Consumer:
                         lost = await self._connect()
                     except (*CONNECTION_EXCEPTIONS, TimeoutError, OSError) as exc:
                         attempt += 1
-                        log_event(
-                            log, logging.WARNING, "consumer.connect_failed",
-                            queue=self.queue, url=url, error=type(exc).__name__,
-                        )  # fmt: skip
+                        log.warning(
+                            "consumer.connect_failed",
+                            queue=self.queue,
+                            url=url,
+                            error=type(exc).__name__,
+                        )
                         continue
-                    log_event(log, logging.INFO, "consumer.reconnected", queue=self.queue)
+                    log.info("consumer.reconnected", queue=self.queue)
                     break
             await self._cancel()
         except Exception as exc:

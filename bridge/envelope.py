@@ -83,9 +83,14 @@ def build(
     if classified.message_key:
         headers["x-message-key"] = classified.message_key[:MAX_HEADER_CHARS]
     return Outbound(
-        exchange, routing_key, body, message_id(provider, instance, body),
-        classified.event, timestamp, headers,
-    )  # fmt: skip
+        exchange,
+        routing_key,
+        body,
+        message_id(provider, instance, body),
+        classified.event,
+        timestamp,
+        headers,
+    )
 
 
 def quarantine(

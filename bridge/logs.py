@@ -1,9 +1,10 @@
 """Logging: one `bridge` root, stable event names with fields, JSON or text, tokens redacted.
 
-Configured only by the CLI (`setup()`). Code logs with `log_event(logger, level, "poll.failed",
-instance=…, error=…)`; the formatter renders `event key=value …` on a terminal and one JSON
-object per line otherwise. `Redactor` removes every configured secret and every GREEN-API
-token-bearing URL path from messages, fields and tracebacks before anything is written.
+Configured only by the CLI (`setup()`). Code logs through `log = get_logger(__name__)` with
+`log.warning("poll.failed", instance=…, error=…)`; the formatter renders `event key=value …` on
+a terminal and one JSON object per line otherwise. Logger names are module paths.
+`Redactor` removes every configured secret and every GREEN-API token-bearing URL path from
+messages, fields and tracebacks before anything is written.
 """
 
 from __future__ import annotations
@@ -22,16 +23,52 @@ _TOKEN_PATH = re.compile(r"(/waInstance[^/\s]*/[A-Za-z]+/)[^/?\s\"']+")
 _json = msgspec.json.Encoder()
 
 
-def log_event(
-    logger: logging.Logger,
-    level: int,
-    event: str,
-    exc_info: BaseException | None = None,
-    /,
-    **fields: Any,
-) -> None:
-    if logger.isEnabledFor(level):
-        logger.log(level, event, extra={FIELDS_ATTR: fields}, exc_info=exc_info, stacklevel=2)
+class Logger:
+    """A stdlib logger that takes an event name and its fields as keyword arguments.
+
+    `log = get_logger(__name__)`, then `log.warning("publish.nacked", provider=…, instance=…)`;
+    `exc_info=` attaches an exception. The fields travel on the record (`FIELDS_ATTR`) for the
+    formatters; the message is the event name alone.
+    """
+
+    __slots__ = ("logger",)
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+
+    @property
+    def name(self) -> str:
+        return self.logger.name
+
+    def is_enabled_for(self, level: int) -> bool:
+        return self.logger.isEnabledFor(level)
+
+    def log(self, level: int, event: str, /, **fields: Any) -> None:
+        self._at(level, event, fields)
+
+    def debug(self, event: str, /, **fields: Any) -> None:
+        self._at(logging.DEBUG, event, fields)
+
+    def info(self, event: str, /, **fields: Any) -> None:
+        self._at(logging.INFO, event, fields)
+
+    def warning(self, event: str, /, **fields: Any) -> None:
+        self._at(logging.WARNING, event, fields)
+
+    def error(self, event: str, /, **fields: Any) -> None:
+        self._at(logging.ERROR, event, fields)
+
+    def _at(self, level: int, event: str, fields: dict[str, Any]) -> None:
+        if self.logger.isEnabledFor(level):
+            exc_info = fields.pop("exc_info", None)
+            self.logger.log(
+                level, event, extra={FIELDS_ATTR: fields}, exc_info=exc_info, stacklevel=3
+            )
+
+
+def get_logger(name: str) -> Logger:
+    """The logger of a module: `get_logger(__name__)`, under the `bridge` root."""
+    return Logger(logging.getLogger(name))
 
 
 def redact_url(text: str) -> str:

@@ -11,7 +11,8 @@ import pytest
 
 from bridge import retry
 
-SAMPLES = Path(__file__).parent / "fixtures" / "samples"
+# the one copy of the samples: `bridge simulate` and the fake provider ship them too
+SAMPLES = Path(__file__).parents[1] / "bridge" / "data" / "samples"
 #: The secrets the default bridge.toml names (scripts/run-demo.sh sets the same defaults).
 DEMO_ENV = {
     "GREENAPI_TOKEN_1101000001": "demo-token-1101000001",

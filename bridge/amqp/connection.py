@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,7 +17,7 @@ from aio_pika.connection import make_url
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
 from bridge.config import mask_url
-from bridge.logs import log_event
+from bridge.logs import Logger
 from bridge.retry import Backoff, sleep_unless
 
 
@@ -49,7 +48,7 @@ async def keep_connection(
     name: str,
     after: Callable[[], Awaitable[None]],
     events: str,
-    log: logging.Logger,
+    log: Logger,
 ) -> None:
     """Connect, run `session(connection)` until it returns, `after()`, close, back off, repeat,
     until `stop` is set. Connection trouble is logged as `<events>.connect_failed`,
@@ -60,34 +59,40 @@ async def keep_connection(
     while not stop.is_set():
         try:
             connection = await open_connection(
-                url, timeout=timeout, heartbeat=heartbeat,
+                url,
+                timeout=timeout,
+                heartbeat=heartbeat,
                 client_properties={"connection_name": name},
-            )  # fmt: skip
+            )
         except (*CONNECTION_EXCEPTIONS, TimeoutError) as exc:
             delay = backoff.delay(attempt)
             attempt += 1
-            log_event(
-                log, logging.WARNING, f"{events}.connect_failed",
-                url=masked, error=type(exc).__name__, detail=str(exc)[:200],
+            log.warning(
+                f"{events}.connect_failed",
+                url=masked,
+                error=type(exc).__name__,
+                detail=str(exc)[:200],
                 retry_in=round(delay, 2),
-            )  # fmt: skip
+            )
             await sleep_unless(stop, delay)
             continue
         try:
             await session(connection)
             attempt = 0
         except (*CONNECTION_EXCEPTIONS, TimeoutError) as exc:
-            log_event(
-                log, logging.WARNING, f"{events}.setup_failed",
-                url=masked, error=type(exc).__name__, detail=str(exc)[:200],
-            )  # fmt: skip
+            log.warning(
+                f"{events}.setup_failed",
+                url=masked,
+                error=type(exc).__name__,
+                detail=str(exc)[:200],
+            )
         finally:
             await after()
             await _close_quietly(connection)
         if not stop.is_set():
             delay = backoff.delay(attempt)
             attempt += 1
-            log_event(log, logging.WARNING, f"{events}.lost", url=masked, retry_in=round(delay, 2))
+            log.warning(f"{events}.lost", url=masked, retry_in=round(delay, 2))
             await sleep_unless(stop, delay)
 
 

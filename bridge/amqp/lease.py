@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import secrets
 import socket
@@ -39,12 +38,12 @@ from bridge import APP_ID
 from bridge.amqp.connection import keep_connection
 from bridge.config import AmqpConfig, LeaseConfig, Source
 from bridge.errors import TopologyError
-from bridge.logs import log_event
+from bridge.logs import get_logger
 from bridge.metrics import LEASE_CHANGES, LEASE_HELD, LEASE_MEMBERS
 from bridge.placement import BEAT_DECODER, BEAT_ENCODER, Beat, Members, assign
 from bridge.retry import Backoff
 
-log = logging.getLogger("bridge.lease")
+log = get_logger(__name__)
 
 QUIESCE_TIMEOUT = 60.0  # longest wait for a poller to finish its notification before a handover
 
@@ -156,11 +155,17 @@ class LeaseKeeper:
     async def run(self) -> None:
         """Hold leases until `close()`; raises `TopologyError` (fatal)."""
         await keep_connection(
-            self._amqp.url, self._session, stop=self._stop, backoff=self._backoff,
-            timeout=self._amqp.connect_timeout, heartbeat=self._cfg.heartbeat,
-            name=f"bridge {APP_ID} leases {self.member}", after=self._down, events="lease.broker",
+            self._amqp.url,
+            self._session,
+            stop=self._stop,
+            backoff=self._backoff,
+            timeout=self._amqp.connect_timeout,
+            heartbeat=self._cfg.heartbeat,
+            name=f"bridge {APP_ID} leases {self.member}",
+            after=self._down,
+            events="lease.broker",
             log=log,
-        )  # fmt: skip
+        )
 
     async def close(self) -> None:
         """Stop: say so to the other members; closing the connection frees every lease."""
@@ -193,13 +198,13 @@ class LeaseKeeper:
         self._suspended = True  # until the first beat is confirmed
         loop = asyncio.get_running_loop()
         planning_from = loop.time() + 1.5 * self._cfg.interval  # hear the others first
-        log_event(log, logging.INFO, "lease.connected", member=self.member)
+        log.info("lease.connected", member=self.member)
         beats = asyncio.create_task(self._beats(lost), name="lease beats")
         try:
             while not self._stop.is_set() and not lost.is_set() and not beats.done():
                 gone = self._members.expire(loop.time())
                 if gone:
-                    log_event(log, logging.INFO, "lease.members_gone", members=gone)
+                    log.info("lease.members_gone", members=gone)
                 LEASE_MEMBERS.set(len(self._members) + 1)
                 if loop.time() >= planning_from:
                     await self._rebalance()
@@ -226,7 +231,7 @@ class LeaseKeeper:
         self._connection = self._exchange = self._channel = None
         if lost and not self._stop.is_set():
             LEASE_CHANGES.labels("lost").inc(len(lost))
-            log_event(log, logging.WARNING, "lease.lost", count=len(lost), leases=_few(lost))
+            log.warning("lease.lost", count=len(lost), leases=_few(lost))
 
     # -- beats -------------------------------------------------------------------------
 
@@ -240,15 +245,16 @@ class LeaseKeeper:
         try:
             beat = BEAT_DECODER.decode(message.body)
         except msgspec.DecodeError:
-            log_event(log, logging.WARNING, "lease.bad_beat", size=len(message.body))
+            log.warning("lease.bad_beat", size=len(message.body))
             return
         if beat.member == self.member:
             return
         if self._members.saw(beat, asyncio.get_running_loop().time()):
-            log_event(
-                log, logging.INFO, "lease.member_seen" if not beat.leaving else "lease.member_left",
-                member=beat.member, sources=len(beat.sources),
-            )  # fmt: skip
+            log.info(
+                "lease.member_seen" if not beat.leaving else "lease.member_left",
+                member=beat.member,
+                sources=len(beat.sources),
+            )
             self._wake.set()
 
     async def _beat(self) -> None:
@@ -261,7 +267,7 @@ class LeaseKeeper:
         try:
             await self._publish(beat)
         except TimeoutError:
-            log_event(log, logging.WARNING, "lease.beat_unconfirmed", member=self.member)
+            log.warning("lease.beat_unconfirmed", member=self.member)
             return
         loop = asyncio.get_running_loop()
         if self._suspend_timer is not None:
@@ -270,7 +276,7 @@ class LeaseKeeper:
         if self._suspended:
             self._suspended = False
             if self._held:
-                log_event(log, logging.INFO, "lease.resumed", held=len(self._held))
+                log.info("lease.resumed", held=len(self._held))
             for name in self._settled:
                 self.leases[name].grant()
 
@@ -287,7 +293,7 @@ class LeaseKeeper:
         self._suspended = True
         if self._held:
             LEASE_CHANGES.labels("suspended").inc()
-            log_event(log, logging.WARNING, "lease.suspended", held=len(self._held))
+            log.warning("lease.suspended", held=len(self._held))
             for name in self._held:
                 self.leases[name].revoke()
 
@@ -316,10 +322,9 @@ class LeaseKeeper:
                 return
         if acquired:
             LEASE_CHANGES.labels("acquired").inc(len(acquired))
-            log_event(
-                log, logging.INFO, "lease.acquired",
-                count=len(acquired), held=len(self._held), leases=_few(acquired),
-            )  # fmt: skip
+            log.info(
+                "lease.acquired", count=len(acquired), held=len(self._held), leases=_few(acquired)
+            )
 
     async def _acquire(self, name: str) -> bool:
         async with self._declaring() as channel:
@@ -336,7 +341,7 @@ class LeaseKeeper:
                 aiormq.exceptions.ChannelAccessRefused,
             ) as exc:
                 self._channel = None
-                log_event(log, logging.ERROR, "lease.refused", lease=name, detail=str(exc)[:200])
+                log.error("lease.refused", lease=name, detail=str(exc)[:200])
                 return False
         self._held.add(name)
         self._locked_since.pop(name, None)
@@ -366,12 +371,13 @@ class LeaseKeeper:
         if since is not None and now - since > patience:
             self._locked_since[name] = None  # warned; again only after it was acquired
             LEASE_CHANGES.labels("locked").inc()
-            log_event(
-                log, logging.WARNING, "lease.locked",
-                lease=name, seconds=round(now - since),
+            log.warning(
+                "lease.locked",
+                lease=name,
+                seconds=round(now - since),
                 hint="a connection that is not a live bridge holds this queue: close it in "
                 "the management UI, or delete a queue of that name declared by something else",
-            )  # fmt: skip
+            )
 
     def _settle(self, name: str) -> None:
         self._timers.pop(name, None)
@@ -390,15 +396,15 @@ class LeaseKeeper:
                 timer.cancel()
             self._settled.discard(name)
             if not await lease.quiesce(QUIESCE_TIMEOUT):
-                log_event(log, logging.WARNING, "lease.quiesce_timeout", lease=name)
+                log.warning("lease.quiesce_timeout", lease=name)
             async with self._declaring() as channel:
                 await channel.queue_delete(name, timeout=self._amqp.connect_timeout)
             self._drop(name)
             LEASE_CHANGES.labels("released").inc()
-            log_event(log, logging.INFO, "lease.released", lease=name, held=len(self._held))
+            log.info("lease.released", lease=name, held=len(self._held))
         except (*CONNECTION_EXCEPTIONS, TimeoutError) as exc:
             self._channel = None
-            log_event(log, logging.WARNING, "lease.release_failed", lease=name, error=repr(exc))
+            log.warning("lease.release_failed", lease=name, error=repr(exc))
             if name in self._held:  # still ours: usable again unless the next plan retries
                 loop = asyncio.get_running_loop()
                 self._timers[name] = loop.call_later(self._cfg.settle, self._settle, name)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections import OrderedDict
 from datetime import UTC, datetime
@@ -38,11 +37,11 @@ from bridge.errors import (
     PublishTimeout,
     TopologyError,
 )
-from bridge.logs import log_event
+from bridge.logs import get_logger
 from bridge.metrics import BROKER_UP, CONFIRM_LATENCY, IN_FLIGHT
 from bridge.retry import Backoff
 
-log = logging.getLogger("bridge.amqp")
+log = get_logger(__name__)
 
 
 class Publisher(Protocol):
@@ -107,10 +106,17 @@ class AmqpPublisher:
         """Keep a confirm channel up until `close()`; raises `TopologyError` (fatal)."""
         try:
             await keep_connection(
-                self._cfg.url, self._session, stop=self._stop, backoff=self._backoff,
-                timeout=self._cfg.connect_timeout, heartbeat=self._cfg.heartbeat,
-                name=f"bridge {APP_ID}", after=self._down, events="broker", log=log,
-            )  # fmt: skip
+                self._cfg.url,
+                self._session,
+                stop=self._stop,
+                backoff=self._backoff,
+                timeout=self._cfg.connect_timeout,
+                heartbeat=self._cfg.heartbeat,
+                name=f"bridge {APP_ID}",
+                after=self._down,
+                events="broker",
+                log=log,
+            )
         except TopologyError as exc:
             self.fatal = exc
             raise
@@ -134,7 +140,7 @@ class AmqpPublisher:
         self._channel = underlay
         self._ready.set()
         BROKER_UP.set(1)
-        log_event(log, logging.INFO, "broker.ready", url=mask_url(self._cfg.url))
+        log.info("broker.ready", url=mask_url(self._cfg.url))
         stop = asyncio.ensure_future(self._stop.wait())
         gone = asyncio.ensure_future(lost.wait())
         try:
@@ -148,7 +154,7 @@ class AmqpPublisher:
         try:
             await asyncio.wait_for(self._idle.wait(), drain_timeout)
         except TimeoutError:
-            log_event(log, logging.WARNING, "broker.drain_timeout", in_flight=self._in_flight)
+            log.warning("broker.drain_timeout", in_flight=self._in_flight)
         self._stop.set()
 
     async def _drain(self) -> None:

@@ -32,9 +32,13 @@ async def spawn(
     log = log_path.open("wb")
     try:
         return await asyncio.create_subprocess_exec(
-            sys.executable, *program, *argv,
-            stdout=log, stderr=log, env={**os.environ, **(env or {})},
-        )  # fmt: skip
+            sys.executable,
+            *program,
+            *argv,
+            stdout=log,
+            stderr=log,
+            env={**os.environ, **(env or {})},
+        )
     finally:
         log.close()
 

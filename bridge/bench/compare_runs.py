@@ -115,11 +115,18 @@ async def poll_variants(run: RunSetup, scripts: Path) -> dict[str, dict[str, Any
             async def sdk(log: Path) -> asyncio.subprocess.Process:
                 ready = log.with_suffix(".ready")
                 argv = [
-                    "--amqp-url", args.amqp_url, "--exchange", run.sink.exchange,
-                    "--ready-file", str(ready),
-                    *(f"{i}:{tokens[i]}@http://127.0.0.1:{port}"
-                      for port, group in zip(ports, groups, strict=True) for i in group),
-                ]  # fmt: skip
+                    "--amqp-url",
+                    args.amqp_url,
+                    "--exchange",
+                    run.sink.exchange,
+                    "--ready-file",
+                    str(ready),
+                    *(
+                        f"{i}:{tokens[i]}@http://127.0.0.1:{port}"
+                        for port, group in zip(ports, groups, strict=True)
+                        for i in group
+                    ),
+                ]
                 script = str(scripts / "greenapi_sdk_pika.py")
                 proc = await spawn(argv, log, program=(script,))
                 deadline = time.monotonic() + 120
@@ -249,13 +256,22 @@ async def webhook_variants(
             if target == "management":
                 _url, vhost, credentials = management
                 chosen = management_target(
-                    args.body_bytes, ids, exchange=run.sink.exchange, vhost=vhost,
+                    args.body_bytes,
+                    ids,
+                    exchange=run.sink.exchange,
+                    vhost=vhost,
                     credentials=credentials,
-                )  # fmt: skip
+                )
             result = await wrk_run(
-                args, base_url=base_url, target=chosen, workdir=run.workdir, watch=watch,
-                reset_rss=reset_rss, label=label, letters=letters,
-            )  # fmt: skip
+                args,
+                base_url=base_url,
+                target=chosen,
+                workdir=run.workdir,
+                watch=watch,
+                reset_rss=reset_rss,
+                label=label,
+                letters=letters,
+            )
         else:
             argv = ["load", "--url", base_url, "--prefix", f"{letters[1]}000"]
             helper_env = env
@@ -264,15 +280,25 @@ async def webhook_variants(
                 argv += ["--vhost", management[1]]
                 helper_env = {TOKEN_ENV: management[2]}
             result = await helper_run(
-                label, [*argv, *helper_argv(args)], env=helper_env, workdir=run.workdir,
-                watch=watch, args=args, reset_rss=reset_rss,
-            )  # fmt: skip
+                label,
+                [*argv, *helper_argv(args)],
+                env=helper_env,
+                workdir=run.workdir,
+                watch=watch,
+                args=args,
+                reset_rss=reset_rss,
+            )
         return await _hook_row(run, name, letters[1], result, pid)
 
     async def served(
-        name: str, letters: str, port: int, argv: list[str], *, health: str,
+        name: str,
+        letters: str,
+        port: int,
+        argv: list[str],
+        *,
+        health: str,
         program: Sequence[str],
-    ) -> dict[str, Any]:  # fmt: skip
+    ) -> dict[str, Any]:
         """Start a webhook server, load it once it answers `health`, stop it."""
         log = run.workdir / f"{name}-{letters}.log"
         proc = await spawn(argv, log, env=env, program=program)
@@ -307,9 +333,13 @@ async def webhook_variants(
     )
     publish = ["publish", "--amqp-url", args.amqp_url, "--exchange", run.sink.exchange]
     result = await helper_run(
-        LABELS["raw"], [*publish, *helper_argv(args), "--prefix", "R000"], env=env,
-        workdir=run.workdir, watch=broker, args=args,
-    )  # fmt: skip
+        LABELS["raw"],
+        [*publish, *helper_argv(args), "--prefix", "R000"],
+        env=env,
+        workdir=run.workdir,
+        watch=broker,
+        args=args,
+    )
     rows["raw"] = await _hook_row(run, "raw", "R", result, None)
     return {"ours_webhook": bracket(first, await ours("TU")), **rows}
 

@@ -61,13 +61,23 @@ def body_parts(body_bytes: int) -> tuple[bytes, bytes, bytes]:
 
     def render(text: str) -> str:
         return (
-            '{"typeWebhook":"' + EVENT + '","instanceData":{"idInstance":' + _INSTANCE_MARK
+            '{"typeWebhook":"'
+            + EVENT
+            + '","instanceData":{"idInstance":'
+            + _INSTANCE_MARK
             + ',"wid":"11001234567@c.us","typeInstance":"whatsapp"},"timestamp":'
-            + str(EVENT_TIME) + ',"idMessage":"' + _TAG_MARK + '","senderData":{"chatId":"'
-            + CHAT_ID + '","sender":"' + CHAT_ID + '","chatName":"Bench","senderName":"Bench"},'
+            + str(EVENT_TIME)
+            + ',"idMessage":"'
+            + _TAG_MARK
+            + '","senderData":{"chatId":"'
+            + CHAT_ID
+            + '","sender":"'
+            + CHAT_ID
+            + '","chatName":"Bench","senderName":"Bench"},'
             '"messageData":{"typeMessage":"textMessage","textMessageData":{"textMessage":'
-            + json.dumps(text) + "}}}"
-        )  # fmt: skip
+            + json.dumps(text)
+            + "}}}"
+        )
 
     fixed = len(render("")) - 2 + len(str(FIRST_INSTANCE)) + PREFIX_WIDTH + 12
     words = "The quick brown fox jumps over the lazy dog. "
@@ -137,10 +147,17 @@ def _target(opts: argparse.Namespace) -> Target:
 def helper_argv(args: argparse.Namespace) -> list[str]:
     """The options every helper takes, from a bench's arguments."""
     return [
-        "--instances", str(args.instances), "--concurrency", str(args.concurrency),
-        "--duration", str(args.duration), "--warmup", str(args.warmup),
-        "--body-bytes", str(args.body_bytes),
-    ]  # fmt: skip
+        "--instances",
+        str(args.instances),
+        "--concurrency",
+        str(args.concurrency),
+        "--duration",
+        str(args.duration),
+        "--warmup",
+        str(args.warmup),
+        "--body-bytes",
+        str(args.body_bytes),
+    ]
 
 
 async def helper_run(
@@ -158,9 +175,14 @@ async def helper_run(
     window = Window(watch)
     with log_path.open("wb") as log:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bridge.bench.load", *argv,
-            stdout=asyncio.subprocess.PIPE, stderr=log, env={**os.environ, **env},
-        )  # fmt: skip
+            sys.executable,
+            "-m",
+            "bridge.bench.load",
+            *argv,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=log,
+            env={**os.environ, **env},
+        )
     assert proc.stdout is not None
     stdout = proc.stdout
 

@@ -56,9 +56,14 @@ from bridge.bench.load import (
 from bridge.bench.wrk import parse_wrk, pick_generator, wrk_run
 
 __all__ = [
-    "add_arguments", "bench", "body_parts", "delete_topology", "parse_wrk", "report",
+    "add_arguments",
+    "bench",
+    "body_parts",
+    "delete_topology",
+    "parse_wrk",
+    "report",
     "topology_names",
-]  # fmt: skip
+]
 
 DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 TARGET_RATIO = 0.8
@@ -131,18 +136,26 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 raise SystemExit(f"bridge exited, see {workdir / 'bridge.log'}")
 
         publish_argv = [
-            "publish", "--amqp-url", args.amqp_url, "--exchange", exchange,
+            "publish",
+            "--amqp-url",
+            args.amqp_url,
+            "--exchange",
+            exchange,
             *helper_argv(args),
-        ]  # fmt: skip
+        ]
         helper = functools.partial(helper_run, env=env, workdir=workdir, watch=watch, args=args)
         raw1 = await helper("webhook bench: reference 1/2", [*publish_argv, "--prefix", "A000"])
         check_bridge()
         if generator == "wrk":
             target = greenapi_target(args.body_bytes, ids, token)
             hook = await wrk_run(
-                args, base_url=base_url, target=target, workdir=workdir, watch=watch,
+                args,
+                base_url=base_url,
+                target=target,
+                workdir=workdir,
+                watch=watch,
                 reset_rss=bridge.pid,
-            )  # fmt: skip
+            )
         else:
             load_argv = ["load", "--url", base_url, "--prefix", "W000", *helper_argv(args)]
             hook = await helper("webhook bench: webhook", load_argv, reset_rss=bridge.pid)
@@ -160,9 +173,15 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         else:
             sys.stderr.write(f"webhook bench: logs kept in {workdir}\n")
     return _result(
-        args, generator=generator, prefix=prefix, hook=hook, raw=(raw1, raw2), rss=rss,
-        bridge_pid=bridge.pid, broker=broker,
-    )  # fmt: skip
+        args,
+        generator=generator,
+        prefix=prefix,
+        hook=hook,
+        raw=(raw1, raw2),
+        rss=rss,
+        bridge_pid=bridge.pid,
+        broker=broker,
+    )
 
 
 def _check_args(args: argparse.Namespace) -> None:

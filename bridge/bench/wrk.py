@@ -69,9 +69,20 @@ async def wrk_run(
 async def _wrk(script: Path, url: str, connections: int, seconds: float) -> str:
     # wrk wants at least as many connections as threads, and whole seconds.
     argv = [
-        "wrk", "-t", "2", "-c", str(max(connections, 2)), "-d", f"{max(1, round(seconds))}s",
-        "--latency", "--timeout", "10s", "-s", str(script), url,
-    ]  # fmt: skip
+        "wrk",
+        "-t",
+        "2",
+        "-c",
+        str(max(connections, 2)),
+        "-d",
+        f"{max(1, round(seconds))}s",
+        "--latency",
+        "--timeout",
+        "10s",
+        "-s",
+        str(script),
+        url,
+    ]
     proc = await asyncio.create_subprocess_exec(
         *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )

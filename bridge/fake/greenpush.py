@@ -10,19 +10,19 @@ While an instance's ``webhookUrl`` is non-empty its FIFO is pushed instead of se
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import TYPE_CHECKING, Final
 
 import msgspec
 
 from bridge.fake.push import PushHub, PushStats, post_once
+from bridge.logs import get_logger
 
 if TYPE_CHECKING:
     from bridge.fake.greenapi import FakeGreenApi, Instance
 
 __all__ = ["GreenPushStats", "ensure_pusher", "push_headers"]
 
-logger = logging.getLogger("bridge.fake")
+logger = get_logger(__name__)
 
 _JSON: Final = "application/json"
 
@@ -84,11 +84,7 @@ async def _push_loop(state: FakeGreenApi, instance: Instance, hub: PushHub) -> N
             instance.delete(receipt_id)
             continue
         counters.failures += 1
-        logger.debug(
-            "event=fake.push_failed provider=greenapi instance=%s outcome=%s",
-            instance.id,
-            outcome,
-        )
+        logger.debug("fake.push_failed", provider="greenapi", instance=instance.id, outcome=outcome)
         await asyncio.sleep(state.push_pause)
 
 

@@ -8,7 +8,6 @@ when the server stops, which cancels every pusher and closes the one ``httpx.Asy
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 from collections import Counter
 from collections.abc import Coroutine, Mapping
@@ -16,6 +15,8 @@ from typing import Any, Final
 
 import httpx
 import msgspec
+
+from bridge.logs import get_logger
 
 __all__ = [
     "PushCounters",
@@ -26,7 +27,7 @@ __all__ = [
     "post_once",
 ]
 
-logger = logging.getLogger("bridge.fake")
+logger = get_logger(__name__)
 
 _POOL: Final = httpx.Limits(max_connections=None, max_keepalive_connections=200)
 
@@ -159,9 +160,7 @@ class PushHub:
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            logger.error(
-                "event=fake.pusher_failed task=%s", task.get_name(), exc_info=task.exception()
-            )
+            logger.error("fake.pusher_failed", task=task.get_name(), exc_info=task.exception())
 
     @property
     def running(self) -> int:

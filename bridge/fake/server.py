@@ -25,10 +25,11 @@ from bridge.fake.greenapi import FakeGreenApi
 from bridge.fake.push import PushHub
 from bridge.fake.samples import renumbered, sample_notifications
 from bridge.httpserver import EmbeddedServer, bind
+from bridge.logs import get_logger
 
 __all__ = ["create_app", "parse_listen", "run_fake_provider", "serve", "serve_socket"]
 
-logger = logging.getLogger("bridge.fake")
+logger = get_logger(__name__)
 
 _GRACEFUL_SHUTDOWN: Final = 10
 
@@ -183,16 +184,14 @@ async def run_fake_provider(
             await server  # it ended before listening: raise its error
             return
         logger.info(
-            "event=fake.started listen=%s:%d instances=%s evolution=%s chatapi=%s seeded=%d"
-            " feed_interval=%s latency=%s",
-            host,
-            port,
-            _describe(ids),
-            _describe(list(evolution_state.instances)),
-            _describe(list(chatapi_state.instances)),
-            len(samples) if seed_samples else 0,
-            feed_interval,
-            latency,
+            "fake.started",
+            listen=f"{host}:{port}",
+            instances=_describe(ids),
+            evolution=_describe(list(evolution_state.instances)),
+            chatapi=_describe(list(chatapi_state.instances)),
+            seeded=len(samples) if seed_samples else 0,
+            feed_interval=feed_interval,
+            latency=latency,
         )
         if feed_interval is not None and feed_interval > 0 and samples:
             feeder = asyncio.create_task(_feed(state, ids, samples, feed_interval))

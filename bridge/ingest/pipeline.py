@@ -6,19 +6,18 @@ decode, build its quarantine message. `deliver()` publishes and waits for the co
 
 from __future__ import annotations
 
-import logging
 import time
 
 from bridge.amqp.publisher import Publisher
 from bridge.config import AmqpConfig, Source
 from bridge.envelope import Outbound, build, quarantine
 from bridge.errors import PayloadError
-from bridge.logs import log_event
+from bridge.logs import get_logger
 from bridge.metrics import QUARANTINED, published
 from bridge.providers import chatapi, evolution, greenapi
 from bridge.routing import MAX_ROUTING_KEY_BYTES, Classified, routing_key
 
-log = logging.getLogger("bridge.ingest")
+log = get_logger(__name__)
 
 #: Events that get their own metric label: every documented one, and quarantine.
 LABELLED_EVENTS = (
@@ -68,9 +67,13 @@ class Pipeline:
             )
         except PayloadError as exc:
             return self.quarantine(
-                source, body, str(exc), ingest=ingest, receipt_id=receipt_id,
+                source,
+                body,
+                str(exc),
+                ingest=ingest,
+                receipt_id=receipt_id,
                 received_at_ms=received_at_ms,
-            )  # fmt: skip
+            )
         out = build(
             exchange=source.exchange or self._amqp.exchange,
             routing_key=key,
@@ -84,11 +87,14 @@ class Pipeline:
         )
         if not classified.known:
             self._note_unknown(source, classified.event)
-        log_event(
-            log, logging.DEBUG, "notification.received",
-            provider=source.provider, instance=source.instance, event=out.event,
-            message_id=out.message_id, ingest=ingest,
-        )  # fmt: skip
+        log.debug(
+            "notification.received",
+            provider=source.provider,
+            instance=source.instance,
+            event=out.event,
+            message_id=out.message_id,
+            ingest=ingest,
+        )
         return out
 
     def quarantine(
@@ -112,11 +118,15 @@ class Pipeline:
             receipt_id=receipt_id,
         )
         QUARANTINED.labels(source.provider, source.instance).inc()
-        log_event(
-            log, logging.ERROR, "notification.quarantined",
-            provider=source.provider, instance=source.instance, message_id=out.message_id,
-            error=error, size=len(body), ingest=ingest,
-        )  # fmt: skip
+        log.error(
+            "notification.quarantined",
+            provider=source.provider,
+            instance=source.instance,
+            message_id=out.message_id,
+            error=error,
+            size=len(body),
+            ingest=ingest,
+        )
         return out
 
     async def deliver(self, out: Outbound) -> bool:
@@ -140,7 +150,9 @@ class Pipeline:
         if key in self._unknown_seen or len(self._unknown_seen) >= MAX_UNKNOWN_TRACKED:
             return
         self._unknown_seen.add(key)
-        log_event(
-            log, logging.WARNING, "notification.unknown_event",
-            provider=source.provider, instance=source.instance, event=event[:200],
-        )  # fmt: skip
+        log.warning(
+            "notification.unknown_event",
+            provider=source.provider,
+            instance=source.instance,
+            event=event[:200],
+        )

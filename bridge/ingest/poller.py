@@ -14,7 +14,6 @@ error tree here; every class maps to one action: back off, long back-off, or sto
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
@@ -31,7 +30,7 @@ from bridge.errors import (
 )
 from bridge.ingest.http import HTTP_ERRORS, ProviderHttp
 from bridge.ingest.pipeline import Pipeline
-from bridge.logs import log_event
+from bridge.logs import get_logger
 from bridge.metrics import ACKNOWLEDGED, POLL_ERRORS, RECEIVED, SOURCE_UP
 from bridge.providers.greenapi import (
     MalformedResponse,
@@ -41,7 +40,7 @@ from bridge.providers.greenapi import (
 )
 from bridge.retry import Backoff, sleep_unless
 
-log = logging.getLogger("bridge.poller")
+log = get_logger(__name__)
 
 
 class Head(NamedTuple):
@@ -105,7 +104,7 @@ class Poller:
 
     async def run(self) -> None:
         SOURCE_UP.labels(self.source.provider, self.source.instance).set(1)
-        log_event(log, logging.INFO, "source.started", **self._fields())
+        log.info("source.started", **self._fields())
         try:
             while not self._stop.is_set():
                 publisher = self._pipeline.publisher
@@ -123,7 +122,7 @@ class Poller:
                     await sleep_unless(self._stop, pause)
         finally:
             if self.stopped_reason is None:
-                log_event(log, logging.INFO, "source.stopped", **self._fields())
+                log.info("source.stopped", **self._fields())
 
     async def _step(self) -> float:
         """One receive and the notification it brought; returns the pause before the next."""
@@ -164,10 +163,13 @@ class Poller:
 
     def _unexpected(self, exc: Exception, failures: int) -> float:
         delay = self._backoff.delay(failures)
-        log_event(
-            log, logging.ERROR, "source.unexpected_error", exc,
-            **self._fields(), error=type(exc).__name__, retry_in=round(delay, 2),
-        )  # fmt: skip
+        log.error(
+            "source.unexpected_error",
+            exc_info=exc,
+            **self._fields(),
+            error=type(exc).__name__,
+            retry_in=round(delay, 2),
+        )
         return delay
 
     async def _wait(self, ready: Callable[[], Awaitable[None]]) -> bool:
@@ -203,10 +205,9 @@ class Poller:
             received = decode_received(body)
         except MalformedResponse as exc:
             if exc.receipt_id is None:
-                log_event(
-                    log, logging.ERROR, "poll.malformed_answer",
-                    **self._fields(), detail=str(exc)[:300], size=len(body),
-                )  # fmt: skip
+                log.error(
+                    "poll.malformed_answer", **self._fields(), detail=str(exc)[:300], size=len(body)
+                )
                 raise TransientProviderError(str(exc), error_class="malformed") from None
             # The answer names a receipt but its body is unusable: quarantine the whole answer.
             return Head(exc.receipt_id, None, body)
@@ -230,11 +231,14 @@ class Poller:
         try:
             await self._pipeline.deliver(out)
         except PublishError as exc:
-            log_event(
-                log, logging.WARNING, "publish.failed",
-                **self._fields(), event=out.event, message_id=out.message_id,
-                error=type(exc).__name__, detail=str(exc)[:200],
-            )  # fmt: skip
+            log.warning(
+                "publish.failed",
+                **self._fields(),
+                event=out.event,
+                message_id=out.message_id,
+                error=type(exc).__name__,
+                detail=str(exc)[:200],
+            )
             # Not deleted: the same notification returns on the next receive.
             return self._backoff.delay(0)
         try:
@@ -250,10 +254,13 @@ class Poller:
             )
             self._log_failure("delete", exc, delay)
             return delay
-        log_event(
-            log, logging.DEBUG, "notification.acknowledged",
-            **self._fields(), event=out.event, message_id=out.message_id, receipt_id=receipt,
-        )  # fmt: skip
+        log.debug(
+            "notification.acknowledged",
+            **self._fields(),
+            event=out.event,
+            message_id=out.message_id,
+            receipt_id=receipt,
+        )
         return 0.0
 
     async def _delete(self, receipt: int) -> None:
@@ -287,10 +294,12 @@ class Poller:
                 self._deleted.inc()
             else:
                 self._stale.inc()
-                log_event(
-                    log, logging.INFO, "delete.already_gone",
-                    **self._fields(), receipt_id=receipt, reason=result.reason or "",
-                )  # fmt: skip
+                log.info(
+                    "delete.already_gone",
+                    **self._fields(),
+                    receipt_id=receipt,
+                    reason=result.reason or "",
+                )
             return
         raise last or TransientProviderError("delete abandoned", error_class="stopped")
 
@@ -306,22 +315,27 @@ class Poller:
         ).inc()
 
     def _log_failure(self, method: str, exc: ProviderError, delay: float) -> None:
-        log_event(
-            log, logging.WARNING, f"{method}.failed",
-            **self._fields(), error_class=exc.error_class, detail=str(exc)[:300],
+        log.warning(
+            f"{method}.failed",
+            **self._fields(),
+            error_class=exc.error_class,
+            detail=str(exc)[:300],
             retry_in=round(delay, 2),
-        )  # fmt: skip
+        )
 
     def _stop_loudly(self, exc: ProviderError, method: str) -> None:
         self._count_error(method, exc)
         self.stopped_reason = exc.error_class
         self._stop.set()
         SOURCE_UP.labels(self.source.provider, self.source.instance).set(0)
-        log_event(
-            log, logging.ERROR, "source.stopped",
-            **self._fields(), method=method, error_class=exc.error_class, detail=str(exc)[:300],
+        log.error(
+            "source.stopped",
+            **self._fields(),
+            method=method,
+            error_class=exc.error_class,
+            detail=str(exc)[:300],
             hint="fix the credentials or instance and restart the bridge",
-        )  # fmt: skip
+        )
 
 
 def _network_error(exc: BaseException) -> TransientProviderError:

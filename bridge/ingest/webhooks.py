@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import ipaddress
-import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs
@@ -31,11 +30,11 @@ from bridge.envelope import Outbound
 from bridge.errors import PayloadError, PublishError
 from bridge.httpserver import lifespan
 from bridge.ingest.pipeline import Pipeline
-from bridge.logs import log_event
+from bridge.logs import get_logger
 from bridge.metrics import REGISTRY, acknowledged, received, webhook_responses
 from bridge.providers import DECODE_ERRORS, chatapi, evolution, greenapi
 
-log = logging.getLogger("bridge.webhooks")
+log = get_logger(__name__)
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -157,13 +156,16 @@ class Webhooks:
                     if isinstance(result, BaseException):
                         raise result
         except PublishError as exc:
-            log_event(
-                log, logging.WARNING, "publish.failed",
+            log.warning(
+                "publish.failed",
                 provider=str(outs[0].headers["x-provider"]),
                 instance=str(outs[0].headers["x-instance"]),
-                event=outs[0].event, message_id=outs[0].message_id,
-                error=type(exc).__name__, detail=str(exc)[:200], messages=len(outs),
-            )  # fmt: skip
+                event=outs[0].event,
+                message_id=outs[0].message_id,
+                error=type(exc).__name__,
+                detail=str(exc)[:200],
+                messages=len(outs),
+            )
             raise Reject(503, "broker did not confirm") from None
         first = outs[0].headers
         acknowledged(str(first["x-provider"]), str(first["x-instance"]), "http_200").inc(len(outs))

@@ -22,16 +22,42 @@ SECRET_FIELDS = ("apikey", "api_key")
 
 KNOWN_EVENTS = frozenset(
     {
-        "application.startup", "qrcode.updated", "connection.update", "status.instance",
-        "messages.set", "messages.upsert", "messages.edited", "messages.update",
-        "messages.delete", "send.message", "send.message.update", "contacts.set",
-        "contacts.upsert", "contacts.update", "presence.update", "chats.set", "chats.upsert",
-        "chats.update", "chats.delete", "groups.upsert", "groups.update",
-        "group-participants.update", "labels.edit", "labels.association", "call",
-        "typebot.start", "typebot.change-status", "instance.create", "instance.delete",
-        "remove.instance", "logout.instance", "new.jwt", "chama-ai.action", "error",
+        "application.startup",
+        "qrcode.updated",
+        "connection.update",
+        "status.instance",
+        "messages.set",
+        "messages.upsert",
+        "messages.edited",
+        "messages.update",
+        "messages.delete",
+        "send.message",
+        "send.message.update",
+        "contacts.set",
+        "contacts.upsert",
+        "contacts.update",
+        "presence.update",
+        "chats.set",
+        "chats.upsert",
+        "chats.update",
+        "chats.delete",
+        "groups.upsert",
+        "groups.update",
+        "group-participants.update",
+        "labels.edit",
+        "labels.association",
+        "call",
+        "typebot.start",
+        "typebot.change-status",
+        "instance.create",
+        "instance.delete",
+        "remove.instance",
+        "logout.instance",
+        "new.jwt",
+        "chama-ai.action",
+        "error",
     }
-)  # fmt: skip
+)
 
 
 class Head(Struct):

@@ -80,14 +80,24 @@ class Row(NamedTuple):
 
 
 def consumer_arguments(dead_letter: str, delivery_limit: int) -> dict[str, Any]:
-    return {"x-queue-type": "quorum", "x-single-active-consumer": True,
-            "x-dead-letter-exchange": dead_letter, "x-delivery-limit": delivery_limit}  # fmt: skip
+    return {
+        "x-queue-type": "quorum",
+        "x-single-active-consumer": True,
+        "x-dead-letter-exchange": dead_letter,
+        "x-delivery-limit": delivery_limit,
+    }
 
 
 def plan(
-    name: str, binds: Sequence[str], *, exchange: str, dead_letter: str = DEAD_LETTER,
-    delivery_limit: int = DELIVERY_LIMIT, shards: int | None = None, by: str | None = None,
-) -> Plan:  # fmt: skip
+    name: str,
+    binds: Sequence[str],
+    *,
+    exchange: str,
+    dead_letter: str = DEAD_LETTER,
+    delivery_limit: int = DELIVERY_LIMIT,
+    shards: int | None = None,
+    by: str | None = None,
+) -> Plan:
     """The objects for one `queues declare`; `ConfigError` for arguments that cannot work."""
     if not name.strip() or name.startswith("amq."):
         raise ConfigError(f"queue name {name!r}: must be non-empty and not start with 'amq.'")
@@ -131,8 +141,18 @@ _INEQUIVALENT = re.compile(
     r"received (?P<received>.+?) but current is (?P<current>.+?)\s*$"
 )
 _TYPED = re.compile(r"the value '(?P<value>.*)' of type '(?P<type>\w+)'")
-_INTS = frozenset({"byte", "short", "signedint", "long", "unsignedbyte", "unsignedshort",
-                   "unsignedint", "timestamp"})  # fmt: skip
+_INTS = frozenset(
+    {
+        "byte",
+        "short",
+        "signedint",
+        "long",
+        "unsignedbyte",
+        "unsignedshort",
+        "unsignedint",
+        "timestamp",
+    }
+)
 
 
 class Difference(NamedTuple):
@@ -354,18 +374,41 @@ def broker_target(args: argparse.Namespace) -> tuple[str, str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", metavar="NAME", help="the queue (with --shards: name prefix)")
-    parser.add_argument("--bind", action="append", default=[], metavar="KEY", required=True,
-                        help="routing key or topic pattern to bind (repeatable)")  # fmt: skip
-    parser.add_argument("--shards", type=int, default=None, metavar="N",
-                        help="N queues NAME.0 … fed by a consistent-hash exchange")  # fmt: skip
-    parser.add_argument("--by", default=None, metavar="chat",
-                        help="what --shards hashes on: chat (the x-chat-id header; messages"
-                        " without it all go to one shard)")  # fmt: skip
-    parser.add_argument("--delivery-limit", type=int, default=DELIVERY_LIMIT, metavar="N",
-                        help="dead-letter after N deliveries (default %(default)s)")  # fmt: skip
-    parser.add_argument("--dead-letter-exchange", default=DEAD_LETTER, metavar="NAME",
-                        help="fanout exchange + quorum queue for rejected messages"
-                        " (default %(default)s)")  # fmt: skip
+    parser.add_argument(
+        "--bind",
+        action="append",
+        default=[],
+        metavar="KEY",
+        required=True,
+        help="routing key or topic pattern to bind (repeatable)",
+    )
+    parser.add_argument(
+        "--shards",
+        type=int,
+        default=None,
+        metavar="N",
+        help="N queues NAME.0 … fed by a consistent-hash exchange",
+    )
+    parser.add_argument(
+        "--by",
+        default=None,
+        metavar="chat",
+        help="what --shards hashes on: chat (the x-chat-id header; messages"
+        " without it all go to one shard)",
+    )
+    parser.add_argument(
+        "--delivery-limit",
+        type=int,
+        default=DELIVERY_LIMIT,
+        metavar="N",
+        help="dead-letter after N deliveries (default %(default)s)",
+    )
+    parser.add_argument(
+        "--dead-letter-exchange",
+        default=DEAD_LETTER,
+        metavar="NAME",
+        help="fanout exchange + quorum queue for rejected messages (default %(default)s)",
+    )
     parser.add_argument("--json", action="store_true", help="JSON lines even on a terminal")
     add_broker_arguments(parser)
 
@@ -383,9 +426,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         url, exchange = broker_target(args)
         todo = plan(
-            args.name, args.bind, exchange=exchange, dead_letter=args.dead_letter_exchange,
-            delivery_limit=args.delivery_limit, shards=args.shards, by=args.by,
-        )  # fmt: skip
+            args.name,
+            args.bind,
+            exchange=exchange,
+            dead_letter=args.dead_letter_exchange,
+            delivery_limit=args.delivery_limit,
+            shards=args.shards,
+            by=args.by,
+        )
         rows = asyncio.run(declare(url, todo))
     except ConfigError as exc:
         print(f"bridge queues declare: {exc}", file=sys.stderr)

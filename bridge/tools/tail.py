@@ -133,8 +133,11 @@ def format_pretty(item: Seen, max_lines: int = MAX_LINES) -> str:
     source = "/".join(str(headers[k]) for k in ("x-provider", "x-instance") if k in headers)
     lines = [f"── {_when(item)}  {item.routing_key}  {source or '-'}"]
     ids = [f"id {item.message_id or '-'}"]
-    ids += [f"{label} {headers[k]}" for k, label in (("x-chat-id", "chat"),
-            ("x-message-key", "key"), ("x-error", "error")) if k in headers]  # fmt: skip
+    ids += [
+        f"{label} {headers[k]}"
+        for k, label in (("x-chat-id", "chat"), ("x-message-key", "key"), ("x-error", "error"))
+        if k in headers
+    ]
     lines.append("   " + "  ".join(ids))
     body = parse_body(item.body)
     text = body if isinstance(body, str) else json.dumps(body, indent=2, ensure_ascii=False)
@@ -176,9 +179,12 @@ async def tail(
         except aiormq.exceptions.ChannelNotFoundEntity:
             raise ConfigError(f"exchange {exchange!r} does not exist") from None
         queue = await channel.declare_queue(
-            None, exclusive=True, auto_delete=True, timeout=TIMEOUT,
+            None,
+            exclusive=True,
+            auto_delete=True,
+            timeout=TIMEOUT,
             arguments={"x-queue-type": "classic", "x-max-length": MAX_LENGTH},
-        )  # fmt: skip
+        )
         for key in dict.fromkeys(keys):
             await queue.bind(source, key, timeout=TIMEOUT)
 
@@ -217,13 +223,20 @@ async def tail(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bind", action="append", default=[], metavar="KEY", required=True,
-                        help="routing key or topic pattern, e.g. '#' (repeatable)")  # fmt: skip
+    parser.add_argument(
+        "--bind",
+        action="append",
+        default=[],
+        metavar="KEY",
+        required=True,
+        help="routing key or topic pattern, e.g. '#' (repeatable)",
+    )
     form = parser.add_mutually_exclusive_group()
     form.add_argument("--json", action="store_true", help="JSON lines (default off a terminal)")
     form.add_argument("--pretty", action="store_true", help="readable (default on a terminal)")
-    parser.add_argument("--count", type=int, default=None, metavar="N",
-                        help="exit after N messages")  # fmt: skip
+    parser.add_argument(
+        "--count", type=int, default=None, metavar="N", help="exit after N messages"
+    )
     add_broker_arguments(parser)
 
 
@@ -253,9 +266,15 @@ def run(args: argparse.Namespace) -> int:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, stop.set)
         return await tail(
-            url, exchange, keys, out=sys.stdout, pretty=pretty, count=args.count, stop=stop,
+            url,
+            exchange,
+            keys,
+            out=sys.stdout,
+            pretty=pretty,
+            count=args.count,
+            stop=stop,
             on_ready=ready,
-        )  # fmt: skip
+        )
 
     try:
         asyncio.run(main())

@@ -28,7 +28,7 @@ TOKEN = "f1e2d3c4b5a6978812345678abcdef0123456789abcdef0123"
 HOOK_TOKEN = "hook-secret-0123456789"
 EVO = "sales-bot"
 EVO_TOKEN = "B6D711FCDE4D-4F69-9E6C"
-SAMPLES = Path(__file__).parents[1] / "fixtures" / "samples"
+SAMPLES = Path(__file__).parents[2] / "bridge" / "data" / "samples"
 
 
 @dataclass

@@ -169,7 +169,7 @@ async def test_a_lease_queue_held_by_something_else_is_reported_then_taken_when_
     await channel.declare_queue(name, durable=True)  # not a bridge's: durable, not exclusive
     k = keeper(srcs, exchange)
     try:
-        with caplog.at_level(logging.WARNING, logger="bridge.lease"):
+        with caplog.at_level(logging.WARNING, logger="bridge.amqp.lease"):
             async with running(k):
                 # 3 x 0.6 s of silence limit + 2 x 2 s of heartbeat, then one warning
                 await wait_until(lambda: "lease.locked" in caplog.messages, 15)

@@ -6,7 +6,7 @@ import pytest
 
 from bridge.envelope import build, message_id, quarantine
 from bridge.errors import PayloadError
-from bridge.logs import JsonFormatter, Redactor, TextFormatter, log_event, redact_url
+from bridge.logs import JsonFormatter, Redactor, TextFormatter, get_logger, redact_url
 from bridge.retry import Backoff, set_testing
 from bridge.routing import Classified, routing_key
 
@@ -110,7 +110,7 @@ def test_redaction_of_tracebacks() -> None:
 
 def test_log_event_fields(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "bridge.t")
-    log_event(logging.getLogger("bridge.t"), logging.INFO, "thing.done", a=1)
+    get_logger("bridge.t").info("thing.done", a=1)
     assert caplog.records[0].bridge_fields == {"a": 1}  # type: ignore[attr-defined]
 
 
