@@ -35,6 +35,8 @@ class Outbound(NamedTuple):
     event: str
     timestamp: int | None
     headers: Headers
+    provider: str
+    instance: str
 
 
 def message_id(provider: str, instance: str, body: bytes) -> str:
@@ -83,13 +85,15 @@ def build(
     if classified.message_key:
         headers["x-message-key"] = classified.message_key[:MAX_HEADER_CHARS]
     return Outbound(
-        exchange,
-        routing_key,
-        body,
-        message_id(provider, instance, body),
-        classified.event,
-        timestamp,
-        headers,
+        exchange=exchange,
+        routing_key=routing_key,
+        body=body,
+        message_id=message_id(provider, instance, body),
+        event=classified.event,
+        timestamp=timestamp,
+        headers=headers,
+        provider=provider,
+        instance=instance,
     )
 
 
@@ -108,7 +112,15 @@ def quarantine(
     headers = _headers(provider, instance, ingest, received_at_ms, receipt_id)
     headers["x-error"] = error[:1000]
     return Outbound(
-        exchange, "invalid", body, message_id(provider, instance, body), "invalid", None, headers
+        exchange=exchange,
+        routing_key="invalid",
+        body=body,
+        message_id=message_id(provider, instance, body),
+        event="invalid",
+        timestamp=None,
+        headers=headers,
+        provider=provider,
+        instance=instance,
     )
 
 

@@ -1,11 +1,14 @@
-"""From raw notification bytes to a confirmed AMQP message: shared by every ingest path.
+"""From raw notification bytes to confirmed AMQP messages: shared by every ingest path.
 
-`prepare()` is pure apart from logging: classify, route, build — or, for a body that does not
-decode, build its quarantine message. `deliver()` publishes and waits for the confirm.
+`messages()` is pure apart from logging: the source's provider adapter reads the body into its
+items, each is routed and built — or, for a body that does not decode, its quarantine message
+is built. `deliver()` publishes and waits for the confirm; `deliver_all()` does it for every
+message of one body, and fails if any one fails.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from bridge.amqp.publisher import Publisher
@@ -14,15 +17,13 @@ from bridge.envelope import Outbound, build, quarantine
 from bridge.errors import PayloadError
 from bridge.logs import get_logger
 from bridge.metrics import QUARANTINED, published
-from bridge.providers import chatapi, evolution, greenapi
+from bridge.providers import KNOWN_EVENTS, REGISTRY, Parsed
 from bridge.routing import MAX_ROUTING_KEY_BYTES, Classified, routing_key
 
 log = get_logger(__name__)
 
 #: Events that get their own metric label: every documented one, and quarantine.
-LABELLED_EVENTS = (
-    greenapi.KNOWN_EVENTS | evolution.KNOWN_EVENTS | chatapi.KNOWN_EVENTS | {"invalid"}
-)
+LABELLED_EVENTS = KNOWN_EVENTS | {"invalid"}
 
 #: Unknown event types remembered for the once-per-type WARN (bounded against hostile input).
 MAX_UNKNOWN_TRACKED = 10_000
@@ -34,15 +35,29 @@ class Pipeline:
         self.publisher = publisher
         self._unknown_seen: set[tuple[str, str]] = set()
 
-    def prepare(
-        self, source: Source, body: bytes, *, ingest: str, receipt_id: int | None = None
-    ) -> Outbound:
-        """A GREEN-API notification's message, or its quarantine message."""
+    def messages(
+        self,
+        source: Source,
+        body: bytes,
+        *,
+        ingest: str,
+        parsed: Parsed | None = None,
+        receipt_id: int | None = None,
+    ) -> list[Outbound]:
+        """The messages of one body from `source` (`parsed`: already read by its adapter),
+        or its quarantine message."""
+        adapter = REGISTRY[source.provider]
         try:
-            classified = greenapi.classify(body, source.instance)
+            if parsed is None:
+                parsed = adapter.parse(body)
+            items = parsed.items(source.instance)
         except PayloadError as exc:
-            return self.quarantine(source, body, str(exc), ingest=ingest, receipt_id=receipt_id)
-        return self.outbound(source, body, classified, ingest=ingest, receipt_id=receipt_id)
+            clean = adapter.clean(body)
+            return [self.quarantine(source, clean, str(exc), ingest=ingest, receipt_id=receipt_id)]
+        return [
+            self.outbound(source, item.body, item.classified, ingest=ingest, receipt_id=receipt_id)
+            for item in items
+        ]
 
     def outbound(
         self,
@@ -129,9 +144,20 @@ class Pipeline:
         )
         return out
 
+    async def deliver_all(self, outs: list[Outbound]) -> None:
+        """Publish every message of one body; the first `PublishError` propagates once all
+        have been confirmed or refused."""
+        if len(outs) == 1:
+            await self.deliver(outs[0])
+            return
+        results = await asyncio.gather(*(self.deliver(o) for o in outs), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
     async def deliver(self, out: Outbound) -> bool:
         """Publish and wait for the confirm; `PublishError` propagates. False = duplicate."""
-        provider = str(out.headers["x-provider"])
+        provider = out.provider
         try:
             fresh = await self.publisher.publish(out)
         except Exception as exc:

@@ -223,13 +223,18 @@ class Poller:
         receipt = head.receipt_id
         if head.body is None:
             error = "receiveNotification answer without a usable body"
-            out = self._pipeline.quarantine(
-                self.source, head.answer, error, ingest="poll", receipt_id=receipt
-            )
+            outs = [
+                self._pipeline.quarantine(
+                    self.source, head.answer, error, ingest="poll", receipt_id=receipt
+                )
+            ]
         else:
-            out = self._pipeline.prepare(self.source, head.body, ingest="poll", receipt_id=receipt)
+            outs = self._pipeline.messages(
+                self.source, head.body, ingest="poll", receipt_id=receipt
+            )
+        out = outs[0]
         try:
-            await self._pipeline.deliver(out)
+            await self._pipeline.deliver_all(outs)
         except PublishError as exc:
             log.warning(
                 "publish.failed",

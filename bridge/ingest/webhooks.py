@@ -1,9 +1,11 @@
-"""The webhook ASGI app: GREEN-API, Evolution API and Chat API pushes, plus health endpoints.
+"""The webhook ASGI app: one generic path for every provider in the registry, plus health.
 
-    POST /webhooks/greenapi[/{instance}]     Authorization: Bearer <webhookUrlToken>
-    POST /webhooks/evolution[/{event-suffix}]  the source's webhook_header
-    POST /webhooks/chatapi                   Authorization: Bearer <t>, or ?token=<t>
+    POST /webhooks/<provider>[/{segment}]    e.g. /webhooks/greenapi/{instance},
+                                             /webhooks/evolution/{event-suffix}
     GET  /healthz  /readyz  /metrics
+
+Each provider's adapter (`bridge.providers`) says what a body is and how a request carries its
+credentials (`bridge.ingest.access`); nothing here branches on a provider's name.
 
 A request is answered 200 only after RabbitMQ confirmed every message it produced (a
 quarantined body counts: it was published to the invalid exchange). 401 bad or missing
@@ -16,11 +18,8 @@ is not JSON is quarantined like any other bad body.
 from __future__ import annotations
 
 import asyncio
-import hmac
-import ipaddress
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
-from urllib.parse import parse_qs
 
 import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -29,17 +28,18 @@ from bridge.config import HttpConfig, Settings, Source
 from bridge.envelope import Outbound
 from bridge.errors import PayloadError, PublishError
 from bridge.httpserver import lifespan
+from bridge.ingest.access import Addresses, Credential, Request, accepts, attribute, header
 from bridge.ingest.pipeline import Pipeline
 from bridge.logs import get_logger
-from bridge.metrics import REGISTRY, acknowledged, received, webhook_responses
-from bridge.providers import DECODE_ERRORS, chatapi, evolution, greenapi
+from bridge.metrics import REGISTRY as METRICS
+from bridge.metrics import acknowledged, received, webhook_responses
+from bridge.providers import REGISTRY, Adapter, Parsed
 
 log = get_logger(__name__)
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _JSON = [(b"content-type", b"application/json")]
 _OK = b'{"ok":true}'
@@ -55,40 +55,48 @@ class Reject(Exception):
 
 class Hook(NamedTuple):
     source: Source
-    token: bytes | None  # None: the source takes unauthenticated webhooks
-    header: bytes
+    credential: Credential
 
 
-class _GreenHead(msgspec.Struct):
-    instanceData: greenapi.InstanceData | None = None
+class Route:
+    """One provider's webhook sources, by instance and in configuration order."""
 
+    def __init__(self, adapter: Adapter) -> None:
+        self.adapter = adapter
+        self.hooks: dict[str, Hook] = {}
+        self.credentials: list[tuple[Hook, Credential]] = []
 
-_green_head = msgspec.json.Decoder(_GreenHead)
+    def add(self, hook: Hook) -> None:
+        self.hooks[hook.source.instance] = hook
+        self.credentials.append((hook, hook.credential))
 
 
 class Webhooks:
     def __init__(self, settings: Settings, pipeline: Pipeline) -> None:
         self._http: HttpConfig = settings.config.http
         self._pipeline = pipeline
-        self._hooks: dict[str, dict[str, Hook]] = {"greenapi": {}, "evolution": {}, "chatapi": {}}
+        self._routes = {name: Route(adapter) for name, adapter in REGISTRY.items()}
         for source in settings.config.sources:
             if source.mode != "webhook":
                 continue
             secret = settings.webhook_tokens.get(source.name)
-            token = secret.reveal().encode() if secret is not None else None
-            header = source.webhook_header.lower().encode()
-            self._hooks[source.provider][source.instance] = Hook(source, token, header)
-        self._allow = _networks(self._http.allow_ips)
-        self._trusted = _networks(self._http.trusted_proxies)
+            route = self._routes[source.provider]
+            credential = Credential(
+                token=secret.reveal().encode() if secret is not None else None,
+                header=source.webhook_header.lower().encode(),
+                query=route.adapter.query_token,
+            )
+            route.add(Hook(source, credential))
+        self._addresses = Addresses(self._http.allow_ips, self._http.trusted_proxies)
         self._retry_after = str(self._http.retry_after).encode()
-        self._routes: dict[str, Callable[[Scope, Receive, str], Awaitable[list[Outbound]]]] = {
-            "greenapi": self._greenapi,
-            "evolution": self._evolution,
-            "chatapi": self._chatapi,
-        }
 
     def open_sources(self) -> list[str]:
-        return [h.source.name for p in self._hooks.values() for h in p.values() if h.token is None]
+        return [
+            hook.source.name
+            for route in self._routes.values()
+            for hook in route.hooks.values()
+            if hook.credential.token is None
+        ]
 
     # -- ASGI entry ----------------------------------------------------------------------
 
@@ -111,7 +119,7 @@ class Webhooks:
             else:
                 await _answer(send, 503, b'{"status":"broker not ready"}', self._retry_headers())
         elif path == "/metrics":
-            body = generate_latest(REGISTRY)
+            body = generate_latest(METRICS)
             await _answer(send, 200, body, [(b"content-type", CONTENT_TYPE_LATEST.encode())])
         else:
             await _answer(send, 404, b'{"error":"no such route"}')
@@ -121,8 +129,8 @@ class Webhooks:
     ) -> None:
         parts = path.split("/")  # ["", "webhooks", provider, rest?]
         provider = parts[2]
-        handler = self._routes.get(provider)
-        if handler is None or len(parts) > 4 or (len(parts) == 4 and not parts[3]):
+        route = self._routes.get(provider)
+        if route is None or len(parts) > 4 or (len(parts) == 4 and not parts[3]):
             await _answer(send, 404, b'{"error":"no such route"}')
             return
         if method != "POST":
@@ -130,9 +138,9 @@ class Webhooks:
             return
         rest = parts[3] if len(parts) == 4 else ""
         try:
-            if self._allow and not self._allowed(scope):
+            if self._addresses and not self._allowed(scope):
                 raise Reject(403, "address not allowed")
-            outs = await handler(scope, receive, rest)
+            outs = await self._messages(route, scope, receive, rest)
             if not self._pipeline.publisher.is_ready():
                 raise Reject(503, "broker not ready")
             await self._deliver(outs)
@@ -145,134 +153,79 @@ class Webhooks:
         await _answer(send, 200, _OK)
 
     async def _deliver(self, outs: list[Outbound]) -> None:
+        first = outs[0]
         try:
-            if len(outs) == 1:
-                await self._pipeline.deliver(outs[0])
-            else:
-                results = await asyncio.gather(
-                    *(self._pipeline.deliver(o) for o in outs), return_exceptions=True
-                )
-                for result in results:
-                    if isinstance(result, BaseException):
-                        raise result
+            await self._pipeline.deliver_all(outs)
         except PublishError as exc:
             log.warning(
                 "publish.failed",
-                provider=str(outs[0].headers["x-provider"]),
-                instance=str(outs[0].headers["x-instance"]),
-                event=outs[0].event,
-                message_id=outs[0].message_id,
+                provider=first.provider,
+                instance=first.instance,
+                event=first.event,
+                message_id=first.message_id,
                 error=type(exc).__name__,
                 detail=str(exc)[:200],
                 messages=len(outs),
             )
             raise Reject(503, "broker did not confirm") from None
-        first = outs[0].headers
-        acknowledged(str(first["x-provider"]), str(first["x-instance"]), "http_200").inc(len(outs))
+        acknowledged(first.provider, first.instance, "http_200").inc(len(outs))
 
     def _retry_headers(self) -> list[tuple[bytes, bytes]]:
         return [(b"retry-after", self._retry_after)]
 
-    # -- providers -------------------------------------------------------------------------
+    # -- one generic path for every provider ---------------------------------------------
 
-    async def _greenapi(self, scope: Scope, receive: Receive, rest: str) -> list[Outbound]:
-        hooks = self._hooks["greenapi"]
-        presented = _bearer(_header(scope, b"authorization"))
-        if rest:
-            hook = self._lookup(hooks, rest, presented)
-            body = await self._body(scope, receive)
-        else:
-            body = await self._body(scope, receive)
-            try:
-                head = _green_head.decode(body)
-                ident = head.instanceData.idInstance if head.instanceData else None
-            except DECODE_ERRORS:
-                ident = None
-            if ident is None or isinstance(ident, bool):
-                return [
-                    self._quarantine_unknown(
-                        hooks, presented, body, "greenapi body names no instance"
-                    )
-                ]
-            hook = self._lookup(hooks, str(ident), presented)
-        received("greenapi", hook.source.instance, "webhook").inc()
-        return [self._pipeline.prepare(hook.source, body, ingest="webhook")]
+    async def _messages(
+        self, route: Route, scope: Scope, receive: Receive, rest: str
+    ) -> list[Outbound]:
+        """Authenticate, read and split a body into its messages (or its quarantine message).
 
-    async def _evolution(self, scope: Scope, receive: Receive, rest: str) -> list[Outbound]:
-        hooks = self._hooks["evolution"]
+        The instance is the path's (checked before the body is read), else the body's, else
+        that of the one source whose credentials the request carries.
+        """
+        adapter = route.adapter
+        request = Request(scope["headers"], scope.get("query_string", b""))
+        hook = self._lookup(route, rest, request) if rest and adapter.path == "instance" else None
         body = await self._body(scope, receive)
+        parsed: Parsed | None = None
+        error = ""
         try:
-            head = evolution.read_head(body)
+            parsed = adapter.parse(body)
         except PayloadError as exc:
-            presented = self._evolution_token(scope, None)
-            clean = evolution.strip_secrets(body)  # quarantined bodies lose the key too
-            return [self._quarantine_unknown(hooks, presented, clean, str(exc))]
-        if not head.instance:
-            presented = self._evolution_token(scope, None)
-            clean = evolution.strip_secrets(body)
-            return [self._quarantine_unknown(hooks, presented, clean, "instance missing")]
-        known = hooks.get(head.instance)
-        presented = self._evolution_token(scope, known)
-        hook = self._lookup(hooks, head.instance, presented)
-        received("evolution", hook.source.instance, "webhook").inc()
-        clean = evolution.strip_secrets(body)
-        try:
-            classified = evolution.classify(head, hook.source.instance)
-        except PayloadError as exc:
-            return [self._pipeline.quarantine(hook.source, clean, str(exc), ingest="webhook")]
-        return [self._pipeline.outbound(hook.source, clean, classified, ingest="webhook")]
+            error = str(exc)
+        if hook is None:
+            named = parsed.instance if parsed is not None else None
+            if named is not None:
+                hook = self._lookup(route, named, request)
+            else:
+                hook, error = self._attribute(route, request, error)
+        source = hook.source
+        received(source.provider, source.instance, "webhook").inc()
+        if error:
+            return [self._pipeline.quarantine(source, adapter.clean(body), error, ingest="webhook")]
+        return self._pipeline.messages(source, body, ingest="webhook", parsed=parsed)
 
-    async def _chatapi(self, scope: Scope, receive: Receive, rest: str) -> list[Outbound]:
-        hooks = self._hooks["chatapi"]
-        presented = _bearer(_header(scope, b"authorization")) or _query_token(scope)
-        body = await self._body(scope, receive)
-        try:
-            top, ident = chatapi.instance_of(body)
-        except PayloadError as exc:
-            return [self._quarantine_unknown(hooks, presented, body, str(exc))]
-        hook = self._lookup(hooks, ident, presented)
-        received("chatapi", hook.source.instance, "webhook").inc()
-        try:
-            items = chatapi.split(top, body, hook.source.instance)
-        except PayloadError as exc:
-            return [self._pipeline.quarantine(hook.source, body, str(exc), ingest="webhook")]
-        return [
-            self._pipeline.outbound(hook.source, item.body, item.classified, ingest="webhook")
-            for item in items
-        ]
-
-    # -- auth and body ---------------------------------------------------------------------
-
-    def _lookup(self, hooks: dict[str, Hook], instance: str, presented: bytes | None) -> Hook:
-        hook = hooks.get(instance)
+    def _lookup(self, route: Route, instance: str, request: Request) -> Hook:
+        hook = route.hooks.get(instance)
         if hook is None:
             raise Reject(404, "unknown instance")
-        if not _matches(presented, hook.token):
+        if not accepts(hook.credential, request):
             raise Reject(401, "bad or missing credentials")
         return hook
 
-    def _quarantine_unknown(
-        self, hooks: dict[str, Hook], presented: bytes | None, body: bytes, error: str
-    ) -> Outbound:
-        """A body naming no usable instance: quarantined under the source its token matches."""
-        candidates = [
-            h for h in hooks.values() if h.token is not None and _matches(presented, h.token)
-        ]
-        if not candidates and len(hooks) == 1:
-            only = next(iter(hooks.values()))
-            if only.token is None:
-                candidates = [only]
-        if not candidates:
+    def _attribute(self, route: Route, request: Request, error: str) -> tuple[Hook, str]:
+        """The source of a body that names no instance: the one whose credentials it carries.
+        Several: the body is quarantined (under the first), since no single source can be told."""
+        found = attribute(route.credentials, request)
+        if not found:
             raise Reject(401, "bad or missing credentials")
-        return self._pipeline.quarantine(candidates[0].source, body, error, ingest="webhook")
-
-    def _evolution_token(self, scope: Scope, hook: Hook | None) -> bytes | None:
-        header = hook.header if hook is not None else b"authorization"
-        return _bearer(_header(scope, header)) or _query_token(scope)
+        if len(found) > 1 and not error:
+            error = f"the body names no instance and {len(found)} sources accept its credentials"
+        return found[0], error
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
         limit = self._http.max_body_bytes
-        declared = _header(scope, b"content-length")
+        declared = header(scope["headers"], b"content-length")
         if declared is not None:
             if not declared.isdigit():
                 raise Reject(400, "bad content-length")
@@ -300,67 +253,8 @@ class Webhooks:
 
     def _allowed(self, scope: Scope) -> bool:
         client = scope.get("client")
-        if not client:
-            return False
-        try:
-            address = ipaddress.ip_address(client[0])
-        except ValueError:
-            return False
-        if self._trusted and _in(address, self._trusted):
-            forwarded = _header(scope, b"x-forwarded-for")
-            if forwarded:
-                for hop in reversed(forwarded.decode("latin-1").split(",")):
-                    try:
-                        address = ipaddress.ip_address(hop.strip())
-                    except ValueError:
-                        return False
-                    if not _in(address, self._trusted):
-                        break
-        return _in(address, self._allow)
-
-
-# -- helpers -------------------------------------------------------------------------------
-
-
-def _networks(values: Iterable[str]) -> list[Network]:
-    return [ipaddress.ip_network(v, strict=False) for v in values]
-
-
-def _in(address: ipaddress.IPv4Address | ipaddress.IPv6Address, networks: list[Network]) -> bool:
-    return any(address in n for n in networks)
-
-
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value)
-    return None
-
-
-def _bearer(value: bytes | None) -> bytes | None:
-    if not value:
-        return None
-    value = value.strip()
-    if value[:7].lower() == b"bearer ":
-        value = value[7:].strip()
-    return value or None
-
-
-def _query_token(scope: Scope) -> bytes | None:
-    query: bytes = scope.get("query_string", b"")
-    if b"token=" not in query:
-        return None
-    # latin-1 both ways: %XX escapes decode to the very bytes they name, whatever they are
-    values = parse_qs(query.decode("latin-1"), encoding="latin-1").get("token")
-    return values[0].encode("latin-1") if values and values[0] else None
-
-
-def _matches(presented: bytes | None, expected: bytes | None) -> bool:
-    if expected is None:
-        return True
-    if presented is None:
-        return False
-    return hmac.compare_digest(presented, expected)
+        forwarded = header(scope["headers"], b"x-forwarded-for")
+        return self._addresses.allowed(client[0] if client else None, forwarded)
 
 
 async def _answer(

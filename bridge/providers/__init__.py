@@ -1,10 +1,19 @@
-"""Decode and classify each provider's notifications (pure)."""
+"""Every provider the bridge speaks: one adapter module each, listed once (pure).
+
+Adding a provider is a module implementing `bridge.providers.base.Adapter` and one line in
+`REGISTRY`; the ingest layer, the pipeline and the envelope have no provider-specific branch.
+"""
 
 from __future__ import annotations
 
-import msgspec
+from bridge.providers import chatapi, evolution, greenapi
+from bridge.providers.base import DECODE_ERRORS, Adapter, Item, Parsed
 
-#: What msgspec raises for bytes that are not usable JSON: its own error, invalid UTF-8 inside a
-#: string, and nesting deeper than the interpreter's recursion limit. Every decoder maps all
-#: three to its own error, so that a hostile body is quarantined instead of crashing a route.
-DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+REGISTRY: dict[str, Adapter] = {
+    adapter.name: adapter for adapter in (greenapi.ADAPTER, evolution.ADAPTER, chatapi.ADAPTER)
+}
+
+#: Events that get their own metric label: every documented one of every provider.
+KNOWN_EVENTS: frozenset[str] = frozenset().union(*(a.known_events for a in REGISTRY.values()))
+
+__all__ = ["DECODE_ERRORS", "KNOWN_EVENTS", "REGISTRY", "Adapter", "Item", "Parsed"]

@@ -4,6 +4,10 @@
 message per item, routed by the array it came from — `message`, `ack`, `chatUpdate`, `status`
 — with the body `{"instanceId": …, "<kind>": <item>}` built from the original bytes. A body
 with none of those arrays is an instance-status notification: one `status` message, unchanged.
+
+1msg bodies name the instance `channelId`; their items keep that member as it was sent. A body
+that names no instance (Chat API's documentation examples of `ack` and `chatUpdate`) belongs to
+the source its credentials identify, and its items are given `"instanceId": "<that instance>"`.
 """
 
 from __future__ import annotations
@@ -14,13 +18,16 @@ import msgspec
 from msgspec import Struct
 
 from bridge.errors import PayloadError
-from bridge.providers import DECODE_ERRORS
+from bridge.providers.base import DECODE_ERRORS, Adapter, Parsed, text_id
+from bridge.providers.base import Item as ProviderItem
 from bridge.routing import Classified
 
 PROVIDER = "chatapi"
 #: top-level array → routing key
 KINDS = {"messages": "message", "ack": "ack", "chatUpdate": "chatUpdate", "statuses": "status"}
 KNOWN_EVENTS = frozenset({"message", "ack", "chatUpdate", "status"})
+#: The member that names the instance, in order: Chat API's, then 1msg's.
+INSTANCE_KEYS = ("instanceId", "channelId")
 
 
 class Item(NamedTuple):
@@ -51,44 +58,74 @@ _update = msgspec.json.Decoder(_ChatUpdate)
 _list = msgspec.json.Decoder(list[msgspec.Raw])
 
 
+def parse(body: bytes) -> Parsed:
+    """The top-level members and the instance they name (`None`: none); `PayloadError` if the
+    body is not an object or names its instance with something that is not an id."""
+    top = _members(body)
+    instance = _named(top)
+    return Parsed(
+        instance,
+        lambda owner: [ProviderItem(i.body, i.classified) for i in split(top, body, owner)],
+    )
+
+
 def instance_of(body: bytes) -> tuple[dict[str, msgspec.Raw], str]:
-    """The top-level members and `instanceId` (as text); `PayloadError` if unreadable."""
+    """The top-level members and the instance the body names; `PayloadError` if it names none."""
+    top = _members(body)
+    instance = _named(top)
+    if instance is None:
+        raise PayloadError("instanceId missing")
+    return top, instance
+
+
+def _members(body: bytes) -> dict[str, msgspec.Raw]:
     try:
-        top = _top.decode(body)
-        raw = top.get("instanceId")
-        value = None if raw is None else msgspec.json.decode(raw)
+        top: dict[str, msgspec.Raw] = _top.decode(body)
     except DECODE_ERRORS as exc:
         raise PayloadError(f"undecodable Chat API webhook: {exc}") from None
-    if raw is None:
-        raise PayloadError("instanceId missing")
-    if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
-        raise PayloadError("instanceId is not a string or number")
-    return top, str(value)
+    return top
+
+
+def _named(top: dict[str, msgspec.Raw]) -> str | None:
+    for key in INSTANCE_KEYS:
+        raw = top.get(key)
+        if raw is None:
+            continue
+        try:
+            value = msgspec.json.decode(raw)
+        except DECODE_ERRORS as exc:
+            raise PayloadError(f"undecodable {key}: {exc}") from None
+        instance = text_id(value)
+        if instance is None:
+            raise PayloadError(f"{key} is not a string or number")
+        return instance
+    return None
 
 
 def split(top: dict[str, msgspec.Raw], body: bytes, instance: str) -> list[Item]:
     """One item per array element; a body without arrays is one `status` item."""
-    instance_raw = bytes(top["instanceId"])
-    prefix = b'{"instanceId":' + instance_raw + b","
+    named = next((key for key in INSTANCE_KEYS if key in top), None)
+    if named is None:
+        prefix = b'{"instanceId":' + msgspec.json.encode(instance) + b","
+    else:
+        prefix = b"{" + msgspec.json.encode(named) + b":" + bytes(top[named]) + b","
     items: list[Item] = []
     for name, raw in top.items():
-        if name == "instanceId":
+        if name == named:
             continue
         data = bytes(raw)
         if not data.lstrip().startswith(b"["):
             continue
         kind = KINDS.get(name, name)
-        try:
-            elements = _list.decode(data)
-        except DECODE_ERRORS as exc:
-            raise PayloadError(f"undecodable Chat API array {name[:100]!r}: {exc}") from None
-        for element in elements:
+        # cannot fail: these bytes were read (syntax, depth) as part of the top-level object,
+        # and a list of Raw elements reads nothing more of them
+        for element in _list.decode(data):
             item = bytes(element)
             # the member name as JSON text: a key may hold quotes or control characters
             wrapped = prefix + msgspec.json.encode(kind) + b":" + item + b"}"
             items.append(Item(kind, wrapped, _classify(kind, item, instance)))
     if not items:
-        if set(top) == {"instanceId"}:
+        if not set(top) - {named}:
             raise PayloadError("no messages, ack, chatUpdate or status in the body")
         items.append(Item("status", body, Classified(event="status", message_key=None)))
     return items
@@ -118,3 +155,6 @@ def _classify(kind: str, item: bytes, instance: str) -> Classified:
         chat = (u.new and u.new.id) or (u.old and u.old.id) or None
         return Classified(event=kind, chat_id=chat, known=known)
     return Classified(event=kind, known=known)
+
+
+ADAPTER = Adapter(name=PROVIDER, known_events=KNOWN_EVENTS, parse=parse, query_token=True)

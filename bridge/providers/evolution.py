@@ -14,7 +14,7 @@ import msgspec
 from msgspec import Struct
 
 from bridge.errors import PayloadError
-from bridge.providers import DECODE_ERRORS
+from bridge.providers.base import DECODE_ERRORS, Adapter, Item, Parsed
 from bridge.routing import Classified
 
 PROVIDER = "evolution"
@@ -31,6 +31,7 @@ KNOWN_EVENTS = frozenset(
         "messages.edited",
         "messages.update",
         "messages.delete",
+        "messaging-history.set",
         "send.message",
         "send.message.update",
         "contacts.set",
@@ -61,7 +62,8 @@ KNOWN_EVENTS = frozenset(
 
 
 class Head(Struct):
-    """What routing needs: tolerant of every field's absence."""
+    """What routing needs: tolerant of every field's absence and of extra top-level keys
+    (Evolution 2.4 spreads `isLatest`, `progress`, … into the envelope)."""
 
     event: str | None = None
     instance: str | None = None
@@ -93,6 +95,15 @@ def read_head(body: bytes) -> Head:
         return _head.decode(body)
     except DECODE_ERRORS as exc:
         raise PayloadError(f"undecodable Evolution webhook: {exc}") from None
+
+
+def parse(body: bytes) -> Parsed:
+    """An envelope and the instance it names; the global `error` webhook names none."""
+    head = read_head(body)
+    return Parsed(
+        head.instance or None,
+        lambda instance: [Item(strip_secrets(body), classify(head, instance))],
+    )
 
 
 def strip_secrets(body: bytes) -> bytes:
@@ -160,3 +171,12 @@ def _seconds(value: Any) -> int | None:
         high = value.get("high", 0)
         return (high << 32) + (value["low"] & 0xFFFFFFFF) if isinstance(high, int) else None
     return None
+
+
+ADAPTER = Adapter(
+    name=PROVIDER,
+    known_events=KNOWN_EVENTS,
+    parse=parse,
+    clean=strip_secrets,
+    query_token=True,
+)

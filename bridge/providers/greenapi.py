@@ -18,7 +18,7 @@ from bridge.errors import (
     SuspendedProviderError,
     TransientProviderError,
 )
-from bridge.providers import DECODE_ERRORS
+from bridge.providers.base import DECODE_ERRORS, Adapter, Item, Parsed, text_id
 from bridge.routing import Classified
 
 PROVIDER = "greenapi"
@@ -59,6 +59,10 @@ class Notification(Struct):
     status: str | None = None
 
 
+class _Head(Struct):
+    instanceData: InstanceData | None = None
+
+
 class Received(Struct):
     """A `receiveNotification` answer; `body` keeps the notification's exact bytes."""
 
@@ -76,6 +80,7 @@ class Deleted(Struct):
 
 
 _notification = msgspec.json.Decoder(Notification)
+_head = msgspec.json.Decoder(_Head)
 _received = msgspec.json.Decoder(Received | None)
 _receipt_only = msgspec.json.Decoder(_ReceiptOnly)
 _deleted = msgspec.json.Decoder(Deleted)
@@ -121,12 +126,44 @@ def decode_deleted(data: bytes) -> Deleted:
         raise MalformedResponse(f"deleteNotification answer: {exc}") from None
 
 
+def parse(body: bytes) -> Parsed:
+    """A notification and the instance its `instanceData` names; `PayloadError` if unreadable.
+
+    A body without `typeWebhook` still names its instance when it can, so that it is
+    quarantined under that instance's source.
+    """
+    try:
+        note = _notification.decode(body)
+    except DECODE_ERRORS as exc:
+        reason = _payload_reason(exc)
+        try:
+            head = _head.decode(body)
+        except DECODE_ERRORS:
+            raise PayloadError(reason) from None
+
+        def refuse(_instance: str) -> list[Item]:
+            raise PayloadError(reason)
+
+        return Parsed(_named(head.instanceData), refuse)
+    return Parsed(
+        _named(note.instanceData), lambda instance: [Item(body, _classified(note, instance))]
+    )
+
+
 def classify(body: bytes, instance: str) -> Classified:
     """Event type, times and keys of one notification; `PayloadError` if it has no event type."""
     try:
         note = _notification.decode(body)
     except DECODE_ERRORS as exc:
         raise PayloadError(_payload_reason(exc)) from None
+    return _classified(note, instance)
+
+
+def _named(data: InstanceData | None) -> str | None:
+    return text_id(data.idInstance) if data is not None else None
+
+
+def _classified(note: Notification, instance: str) -> Classified:
     event = note.typeWebhook
     if not event:
         raise PayloadError("typeWebhook is empty")
@@ -154,25 +191,24 @@ def _payload_reason(exc: Exception) -> str:
     return f"undecodable notification: {text}"
 
 
+#: What a 400 answer's text says → (the error class, its class name). Checked in order.
+_BAD_REQUESTS: tuple[tuple[tuple[str, ...], type[ProviderError], str], ...] = (
+    (("starting process",), TransientProviderError, "instance_starting"),
+    (("not authorized",), SuspendedProviderError, "not_authorized"),
+    (("expired",), PermanentProviderError, "instance_expired"),
+    (("deleted",), PermanentProviderError, "instance_deleted"),
+    (("validation", "bad request data", "unexpected token"), PermanentProviderError, "bad_request"),
+)
+
+
 def error_for_status(status: int, body: bytes) -> ProviderError:
     """Map a non-200 answer to the error class that says what to do next (reference §4)."""
     text = body[:500].decode("utf-8", "replace")
-    lowered = text.lower()
     if status == 400:
-        if "starting process" in lowered:
-            return TransientProviderError(f"400 {text}", error_class="instance_starting")
-        if "not authorized" in lowered:
-            return SuspendedProviderError(f"400 {text}", error_class="not_authorized")
-        if "expired" in lowered:
-            return PermanentProviderError(f"400 {text}", error_class="instance_expired")
-        if "deleted" in lowered:
-            return PermanentProviderError(f"400 {text}", error_class="instance_deleted")
-        if (
-            "validation" in lowered
-            or "bad request data" in lowered
-            or "unexpected token" in lowered
-        ):
-            return PermanentProviderError(f"400 {text}", error_class="bad_request")
+        lowered = text.lower()
+        for needles, kind, error_class in _BAD_REQUESTS:
+            if any(needle in lowered for needle in needles):
+                return kind(f"400 {text}", error_class=error_class)
         return SuspendedProviderError(f"400 {text}", error_class="http_400")
     if status == 401:
         return PermanentProviderError(
@@ -189,3 +225,6 @@ def error_for_status(status: int, body: bytes) -> ProviderError:
     if status == 499 or status >= 500:
         return TransientProviderError(f"{status} {text[:200]}", error_class=f"http_{status}")
     return SuspendedProviderError(f"{status} {text[:200]}", error_class=f"http_{status}")
+
+
+ADAPTER = Adapter(name=PROVIDER, known_events=KNOWN_EVENTS, parse=parse, path="instance")

@@ -24,7 +24,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 def outbound(exchange: str, key: str, body: bytes = b"{}", mid: str = "m1") -> Outbound:
     return Outbound(
         exchange=exchange, routing_key=key, body=body, message_id=mid, event=key,
-        timestamp=1700000000, headers={"x-provider": "greenapi"},
+        timestamp=1700000000, headers={"x-provider": "greenapi"}, provider="greenapi",
+        instance="1",
     )  # fmt: skip
 
 

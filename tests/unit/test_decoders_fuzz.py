@@ -33,7 +33,7 @@ JSON_VALUES = st.recursive(
 )
 KEYS = ["typeWebhook", "instanceData", "idInstance", "timestamp", "idMessage", "senderData", "chatId",
         "status", "event", "instance", "data", "key", "id", "remoteJid", "keyId", "messageTimestamp",
-        "apikey", "api_key", "instanceId", "messages", "ack", "chatUpdate", "statuses", "receiptId", "body"]  # fmt: skip
+        "apikey", "api_key", "instanceId", "channelId", "messages", "ack", "chatUpdate", "statuses", "receiptId", "body"]  # fmt: skip
 SHAPED = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.text(max_size=10),
     lambda inner: (
@@ -148,7 +148,7 @@ def test_evolution_odd_numeric_strings(stamp: str) -> None:
 def test_an_event_longer_than_a_short_string_is_quarantined(template: str) -> None:
     source = Source(provider="greenapi", mode="webhook", instance="1", routing_key=template)
     body = b'{"typeWebhook":"%s"}' % (b"e" * 256)
-    out = Pipeline(AmqpConfig(), None).prepare(source, body, ingest="webhook")  # type: ignore[arg-type]
+    [out] = Pipeline(AmqpConfig(), None).messages(source, body, ingest="webhook")  # type: ignore[arg-type]
     assert out.exchange == "notifications.invalid" and out.body == body
     amqp_frames(out)
 
@@ -302,8 +302,9 @@ def test_greenapi_any_bytes_classified_or_quarantined(body: bytes, template: str
     """The webhook and poll path: classify, route, build — a message either way."""
     _check_classified(lambda: greenapi.classify(body, "1101000002"))
     source = _source("greenapi", template)
-    out = _pipeline().prepare(source, body, ingest="webhook", receipt_id=7)
-    _check(out, _pipeline().prepare(source, body, ingest="webhook", receipt_id=7))
+    [out] = _pipeline().messages(source, body, ingest="webhook", receipt_id=7)
+    [again] = _pipeline().messages(source, body, ingest="webhook", receipt_id=7)
+    _check(out, again)
     assert out.body == body  # GREEN-API bodies travel unchanged, valid or not
 
 
@@ -379,11 +380,13 @@ def test_chatapi_any_bytes(body: bytes, template: str) -> None:
         _check(out, pipeline.outbound(source, twin.body, twin.classified, ingest="webhook"))
         if whole is None or item.body == body:
             continue
+        named = next(k for k in chatapi.INSTANCE_KEYS if k in whole)  # as the body named it
         wrapped = msgspec.json.decode(item.body)  # one JSON document of its own per item
-        assert isinstance(wrapped, dict) and set(wrapped) == {"instanceId", item.kind}
-        assert wrapped["instanceId"] == whole["instanceId"]
+        assert isinstance(wrapped, dict) and set(wrapped) == {named, item.kind}
+        assert wrapped[named] == whole[named]
     if whole is not None and items[0].body != body:
-        arrays = [v for k, v in whole.items() if k != "instanceId" and isinstance(v, list)]
+        named = next(k for k in chatapi.INSTANCE_KEYS if k in whole)
+        arrays = [v for k, v in whole.items() if k != named and isinstance(v, list)]
         assert len(items) == sum(len(a) for a in arrays)  # one message per item, none lost
 
 
