@@ -125,7 +125,9 @@ def test_greenapi_without_type_names_its_instance_and_is_refused() -> None:
         greenapi.parse(b'{"typeWebhook":""}').items("5")
 
 
-@pytest.mark.parametrize("body", [b"{x", b"[1]", b'"s"', b"", b'{"instanceData":{"idInstance":true}}'])
+@pytest.mark.parametrize(
+    "body", [b"{x", b"[1]", b'"s"', b"", b'{"instanceData":{"idInstance":true}}']
+)
 def test_greenapi_unreadable(body: bytes) -> None:
     with pytest.raises(PayloadError):
         greenapi.parse(body)
