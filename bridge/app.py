@@ -1,19 +1,31 @@
 """The composition root: build the publisher, pipeline and pollers from settings; run; stop.
 
-Graceful stop (`shutdown()`): pollers abandon pending long polls and finish the notification
-in hand (publish, confirm, delete); then the polling leases are freed (the other processes
-take them over), in-flight publishes drain and the connection closes.
-`SIGKILL` at any moment loses nothing: the provider was not acknowledged for what was not
-confirmed.
+`run()` opens the components in an `AsyncExitStack`, each an async context manager that
+starts on enter and drains on exit, so that a stop (`shutdown()`) closes them in reverse:
+
+1. the pollers abandon pending long polls and finish the notification in hand (publish,
+   confirm, delete);
+2. the HTTP server stops accepting and lets in-flight requests finish;
+3. the polling leases are freed (the other processes take them over): nothing is received
+   from there on;
+4. in-flight publishes drain and the AMQP connection closes;
+5. the provider HTTP client closes, when the service made it.
+
+Each drain gets `STOP_TIMEOUT` seconds. A fatal error (a topology conflict) in the
+publisher's or the leases' connection loop fails the `asyncio.TaskGroup` around the stack: the
+stack drains as above and `run()` raises it. `SIGKILL` at any moment loses nothing: the
+provider was not acknowledged for what was not confirmed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 
 import uvicorn
 
+from bridge.aio import STOP_TIMEOUT, finish
 from bridge.amqp.lease import LeaseKeeper
 from bridge.amqp.publisher import AmqpPublisher
 from bridge.amqp.topology import topology
@@ -75,66 +87,74 @@ class Service:
             )
         )
         self.http_port: int | None = None
-        self._http_task: asyncio.Task[None] | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._publisher_task: asyncio.Task[None] | None = None
-        self._lease_task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
         self._stopped = asyncio.Event()
+        self._running = False
 
     async def run(self) -> None:
-        """Run until `shutdown()`; a fatal error (topology conflict) propagates."""
+        """Run until `shutdown()`; a fatal error (a topology conflict) propagates."""
         log.info(
             "service.starting",
             pollers=len(self.pollers),
             exchange=self.settings.config.amqp.exchange,
             webhooks=len(self.settings.config.sources) - len(self.pollers),
         )
-        self._publisher_task = asyncio.create_task(self.publisher.run(), name="publisher")
+        self._running = True
+        try:
+            async with asyncio.TaskGroup() as fatal, contextlib.AsyncExitStack() as stack:
+                await self._open(stack, fatal)
+                await self._stop.wait()
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None
+        finally:
+            self._stopped.set()
+
+    async def _open(self, stack: contextlib.AsyncExitStack, fatal: asyncio.TaskGroup) -> None:
+        """Start the components in order; `stack` stops them in reverse."""
+        stack.callback(log.info, "service.stopped")
+        if self._own_client:
+            await stack.enter_async_context(contextlib.aclosing(self.client))
+        await stack.enter_async_context(self.publisher)
+        fatal.create_task(self.publisher.failed(), name="publisher failed")
+        if self.leases is not None:
+            await stack.enter_async_context(self.leases)
+            fatal.create_task(self.leases.failed(), name="leases failed")
+        await stack.enter_async_context(self._serving())
+        await stack.enter_async_context(_polling(self.pollers))
+        stack.callback(log.info, "service.stopping")
+
+    async def shutdown(self) -> None:
+        """Stop gracefully (in the order above); returns once `run()` has."""
+        self._stop.set()
+        if self._running:
+            await self._stopped.wait()
+
+    @contextlib.asynccontextmanager
+    async def _serving(self) -> AsyncIterator[None]:
+        """The HTTP server listens until the block ends, then stops accepting and lets the
+        requests in flight finish."""
         host, port = split_listen(self.settings.config.http.listen)
         sock = bind(host, port)
         self.http_port = sock.getsockname()[1]
-        self._http_task = asyncio.create_task(self.http.serve(sockets=[sock]), name="http")
+        task = asyncio.create_task(self.http.serve(sockets=[sock]), name="http")
         for name in self.webhooks.open_sources():
             log.warning("webhook.unauthenticated_source", source=name)
         log.info("http.listening", listen=f"{host}:{self.http_port}")
-        if self.leases is not None:
-            self._lease_task = asyncio.create_task(self.leases.run(), name="leases")
-        self._tasks = [
-            asyncio.create_task(p.run(), name=f"poll {p.source.name}") for p in self.pollers
-        ]
-        stopped = asyncio.create_task(self._stopped.wait())
-        fatal = {self._publisher_task, *([self._lease_task] if self._lease_task else [])}
         try:
-            done, _ = await asyncio.wait({*fatal, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            for task in done & fatal:
-                task.result()  # raises the fatal error
+            yield
         finally:
-            stopped.cancel()
-            if not self._stopped.is_set():
-                await self.shutdown()
+            self.http.should_exit = True
+            await finish([task], STOP_TIMEOUT)
 
-    async def shutdown(self, timeout: float = 15.0) -> None:
-        if self._stopped.is_set():
-            return
-        self._stopped.set()
-        log.info("service.stopping")
-        for poller in self.pollers:
+
+@contextlib.asynccontextmanager
+async def _polling(pollers: list[Poller]) -> AsyncIterator[None]:
+    """The pollers poll until the block ends; then each abandons its pending long poll and
+    finishes the notification in hand."""
+    tasks = [asyncio.create_task(p.run(), name=f"poll {p.source.name}") for p in pollers]
+    try:
+        yield
+    finally:
+        for poller in pollers:
             poller.stop()
-        self.http.should_exit = True  # stop accepting; in-flight requests finish
-        waiting = [*self._tasks, *([self._http_task] if self._http_task else [])]
-        if waiting:
-            _, pending = await asyncio.wait(waiting, timeout=timeout)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*waiting, return_exceptions=True)
-        if self.leases is not None and self._lease_task is not None:
-            await self.leases.close()  # after the pollers: nothing is received from here on
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(self._lease_task, timeout)
-        await self.publisher.close()
-        if self._publisher_task is not None:
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(self._publisher_task, timeout)
-        if self._own_client:
-            await self.client.aclose()
-        log.info("service.stopped")
+        await finish(tasks, STOP_TIMEOUT)

@@ -180,32 +180,34 @@ def run_with_aiorun(
     """
     import aiorun
 
-    state: dict[str, Any] = {"stopping": False, "error": None, "task": None}
+    stopping = False  # a signal came: on_shutdown() runs, then main() is cancelled
+    error: BaseException | None = None  # what ended main()
+    root_task: asyncio.Task[Any] | None = None  # the task running main(), once it started
 
     async def root() -> None:
-        state["task"] = asyncio.current_task()
+        nonlocal error, root_task
+        root_task = asyncio.current_task()
         try:
             await main()
         except asyncio.CancelledError:
-            if not state["stopping"]:
+            if not stopping:
                 raise
         except Exception as exc:
-            state["error"] = exc
+            error = exc
         finally:
-            if not state["stopping"]:
+            if not stopping:
                 asyncio.get_running_loop().stop()
 
     async def shutdown(_loop: asyncio.AbstractEventLoop) -> None:
-        state["stopping"] = True
+        nonlocal stopping
+        stopping = True
         await on_shutdown()
-        task: asyncio.Task[None] | None = state["task"]
-        if task is not None and not task.done():
-            task.cancel()
+        if root_task is not None and not root_task.done():
+            root_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(task, 20)
+                await asyncio.wait_for(root_task, 20)
 
     aiorun.run(root(), use_uvloop=uvloop, shutdown_callback=shutdown, timeout_task_shutdown=20)
-    error: BaseException | None = state["error"]
     return error
 
 

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any, Final, TypeVar, overload
@@ -62,11 +62,13 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
+from bridge.aio import first, sleep_unless
 from bridge.amqp.connection import open_connection
 from bridge.config import mask_url
+from bridge.dedup import RecentIds
 from bridge.errors import ConfigError
 from bridge.logs import get_logger
-from bridge.retry import Backoff, sleep_unless
+from bridge.retry import Backoff
 
 __all__ = ["Consumer", "Delivery", "QueueNotFound", "SeenIds"]
 
@@ -80,38 +82,7 @@ class QueueNotFound(ConfigError):
     """The queue to consume does not exist."""
 
 
-class SeenIds:
-    """A bounded LRU set of message ids; size 0 remembers nothing."""
-
-    __slots__ = ("_ids", "size")
-
-    def __init__(self, size: int) -> None:
-        if size < 0:
-            raise ValueError("size must be >= 0")
-        self.size = size
-        self._ids: OrderedDict[str, None] = OrderedDict()
-
-    def add(self, message_id: str) -> None:
-        """Remember `message_id` as the most recent; evict the least recent beyond `size`."""
-        if self.size == 0:
-            return
-        self._ids[message_id] = None
-        self._ids.move_to_end(message_id)
-        if len(self._ids) > self.size:
-            self._ids.popitem(last=False)
-
-    def seen(self, message_id: str | None) -> bool:
-        """True if remembered (and refresh it); None is never seen."""
-        if message_id is None or message_id not in self._ids:
-            return False
-        self._ids.move_to_end(message_id)
-        return True
-
-    def __contains__(self, message_id: object) -> bool:
-        return message_id in self._ids
-
-    def __len__(self) -> int:
-        return len(self._ids)
+SeenIds = RecentIds  # the consumer's dedup: the ids of the last `dedup` acks
 
 
 def header_text(headers: Mapping[str, object], name: str) -> str | None:
@@ -234,7 +205,7 @@ class Consumer:
         if prefetch < 1:
             raise ValueError("prefetch must be >= 1")
         self.queue = queue
-        self.seen = SeenIds(dedup)
+        self.seen = RecentIds(dedup)
         #: delivered, acked, nacked, rejected, skipped, lost (settles not sent), reconnects
         self.stats: Counter[str] = Counter()
         self._url = url
@@ -347,7 +318,7 @@ class Consumer:
     async def _supervise(self, lost: asyncio.Event) -> None:
         url = mask_url(self._url)
         try:
-            while await _first(lost, self._stopping) is lost:
+            while await first(self._stopping, lost) is lost:  # a stop wins a tie
                 self.stats["reconnects"] += 1
                 await self._disconnect()
                 log.warning("consumer.lost", queue=self.queue, url=url)
@@ -399,14 +370,3 @@ def _channel_gone(message: AbstractIncomingMessage) -> bool:
     except aiormq.exceptions.ChannelInvalidStateError:
         return True
     return False
-
-
-async def _first(*events: asyncio.Event) -> asyncio.Event:
-    """Wait until one of `events` is set; return it."""
-    waiters = {asyncio.ensure_future(e.wait()): e for e in events}
-    try:
-        done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
-    return waiters[next(iter(done))]

@@ -6,7 +6,6 @@ A policy is a value (`Backoff`); loops own their attempt counters. Tests call
 
 from __future__ import annotations
 
-import asyncio
 import random
 from dataclasses import dataclass
 
@@ -32,17 +31,3 @@ class Backoff:
             return self.floor
         base = min(self.maximum, self.initial * self.multiplier ** min(attempt, 32))
         return max(self.floor, base * (1 - self.jitter) + random.uniform(0, base * self.jitter))
-
-
-async def sleep_unless(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleep up to `seconds`; return True at once if `stop` is set meanwhile."""
-    if stop.is_set():
-        return True
-    if seconds <= 0:
-        await asyncio.sleep(0)
-        return stop.is_set()
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        return False
-    return True

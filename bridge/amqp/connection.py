@@ -16,9 +16,10 @@ import aio_pika
 from aio_pika.connection import make_url
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
+from bridge.aio import sleep_unless
 from bridge.config import mask_url
 from bridge.logs import Logger
-from bridge.retry import Backoff, sleep_unless
+from bridge.retry import Backoff
 
 
 async def open_connection(

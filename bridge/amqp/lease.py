@@ -26,7 +26,7 @@ import contextlib
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable
 
 import aio_pika
 import aiormq.exceptions
@@ -35,13 +35,17 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMess
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
 from bridge import APP_ID
+from bridge.aio import Background, first
 from bridge.amqp.connection import keep_connection
+from bridge.amqp.lease_state import Lease, LeaseState
 from bridge.config import AmqpConfig, LeaseConfig, Source
 from bridge.errors import TopologyError
 from bridge.logs import get_logger
 from bridge.metrics import LEASE_CHANGES, LEASE_HELD, LEASE_MEMBERS
 from bridge.placement import BEAT_DECODER, BEAT_ENCODER, Beat, Members, assign
 from bridge.retry import Backoff
+
+__all__ = ["QUIESCE_TIMEOUT", "Lease", "LeaseKeeper", "LeaseState", "lease_name", "member_id"]
 
 log = get_logger(__name__)
 
@@ -56,64 +60,14 @@ def member_id() -> str:
     return f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
 
 
-class Lease:
-    """One polling source's right to receive, as its poller sees it."""
+class LeaseKeeper(Background):
+    """Takes, holds and hands over the leases of this process's polling sources.
 
-    def __init__(self, name: str, provider: str, instance: str) -> None:
-        self.name = name
-        self.provider = provider
-        self.instance = instance
-        self._usable = asyncio.Event()
-        self._on_revoke: list[Callable[[], None]] = []
-        self._users = 0
-        self._unused = asyncio.Event()
-        self._unused.set()
+    `async with keeper:` holds leases until the block ends, then says so to the other members
+    and closes the connection (which frees every lease); `failed()` raises a topology
+    conflict on the members exchange.
+    """
 
-    # -- the poller's side -------------------------------------------------------------
-
-    def usable(self) -> bool:
-        return self._usable.is_set()
-
-    async def wait_usable(self) -> None:
-        await self._usable.wait()
-
-    def on_revoke(self, callback: Callable[[], None]) -> None:
-        """`callback()` runs when the lease stops being usable (abandon a pending receive)."""
-        self._on_revoke.append(callback)
-
-    @contextlib.contextmanager
-    def in_use(self) -> Iterator[None]:
-        """Around a receive and the notification it brought: a handover waits for it."""
-        self._users += 1
-        self._unused.clear()
-        try:
-            yield
-        finally:
-            self._users -= 1
-            if not self._users:
-                self._unused.set()
-
-    # -- the keeper's side -------------------------------------------------------------
-
-    def grant(self) -> None:
-        self._usable.set()
-
-    def revoke(self) -> None:
-        if self._usable.is_set():
-            self._usable.clear()
-            for callback in self._on_revoke:
-                callback()
-
-    async def quiesce(self, timeout: float) -> bool:
-        """Wait until no receive or notification is in hand; False on timeout."""
-        try:
-            await asyncio.wait_for(self._unused.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
-
-
-class LeaseKeeper:
     def __init__(
         self,
         cfg: LeaseConfig,
@@ -130,11 +84,6 @@ class LeaseKeeper:
         for lease in self.leases.values():  # exported from the start: 0 = not held here
             LEASE_HELD.labels(lease.provider, lease.instance).set(0)
         self._members = Members(expiry=3 * cfg.interval)
-        self._held: set[str] = set()  # queues this connection owns
-        self._settled: set[str] = set()  # held for `settle` seconds: usable unless suspended
-        self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._locked_since: dict[str, float | None] = {}  # None: warned already
-        self._releasing: dict[str, asyncio.Task[None]] = {}
         self._suspended = False
         self._suspend_timer: asyncio.TimerHandle | None = None
         self._stop = asyncio.Event()
@@ -150,7 +99,10 @@ class LeaseKeeper:
         return self.leases[lease_name(source)]
 
     def held(self) -> set[str]:
-        return set(self._held)
+        return {name for name, lease in self.leases.items() if lease.held}
+
+    def _held(self) -> list[Lease]:
+        return [lease for lease in self.leases.values() if lease.held]
 
     async def run(self) -> None:
         """Hold leases until `close()`; raises `TopologyError` (fatal)."""
@@ -209,7 +161,7 @@ class LeaseKeeper:
                 if loop.time() >= planning_from:
                     await self._rebalance()
                 self._wake.clear()
-                await _first(self._stop, lost, self._wake, timeout=self._cfg.interval)
+                await first(self._stop, lost, self._wake, timeout=self._cfg.interval)
         finally:
             beats.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -219,19 +171,19 @@ class LeaseKeeper:
                 await self._publish(Beat(member=self.member, leaving=True))
 
     async def _down(self) -> None:
-        for task in self._releasing.values():
-            task.cancel()
-        self._releasing.clear()
-        lost = sorted(self._held)
-        for name in lost:
-            self._drop(name)
+        lost = self._held()
+        for lease in lost:
+            if lease.release is not None:
+                lease.release.cancel()
+            self._drop(lease)
         if self._suspend_timer is not None:
             self._suspend_timer.cancel()
         self._suspended = False
         self._connection = self._exchange = self._channel = None
         if lost and not self._stop.is_set():
             LEASE_CHANGES.labels("lost").inc(len(lost))
-            log.warning("lease.lost", count=len(lost), leases=_few(lost))
+            names = sorted(lease.name for lease in lost)
+            log.warning("lease.lost", count=len(lost), leases=_few(names))
 
     # -- beats -------------------------------------------------------------------------
 
@@ -239,7 +191,7 @@ class LeaseKeeper:
         """Beat every interval, on its own: a long rebalance must not delay a beat."""
         while not self._stop.is_set() and not lost.is_set():
             await self._beat()
-            await _first(self._stop, lost, timeout=self._cfg.interval)
+            await first(self._stop, lost, timeout=self._cfg.interval)
 
     async def _on_beat(self, message: AbstractIncomingMessage) -> None:
         try:
@@ -261,7 +213,7 @@ class LeaseKeeper:
         beat = Beat(
             member=self.member,
             sources=self._sources,
-            held=sorted(self._held),
+            held=sorted(self.held()),
             interval=self._cfg.interval,
         )
         try:
@@ -275,10 +227,12 @@ class LeaseKeeper:
         self._suspend_timer = loop.call_later(2 * self._cfg.interval, self._suspend)
         if self._suspended:
             self._suspended = False
-            if self._held:
-                log.info("lease.resumed", held=len(self._held))
-            for name in self._settled:
-                self.leases[name].grant()
+            held = self._held()
+            if held:
+                log.info("lease.resumed", held=len(held))
+            for lease in held:
+                if lease.state is LeaseState.HELD:
+                    lease.grant()
 
     async def _publish(self, beat: Beat) -> None:
         assert self._exchange is not None
@@ -291,11 +245,12 @@ class LeaseKeeper:
         if self._suspended:
             return
         self._suspended = True
-        if self._held:
+        held = self._held()
+        if held:
             LEASE_CHANGES.labels("suspended").inc()
-            log.warning("lease.suspended", held=len(self._held))
-            for name in self._held:
-                self.leases[name].revoke()
+            log.warning("lease.suspended", held=len(held))
+            for lease in held:
+                lease.revoke()
 
     # -- the plan ----------------------------------------------------------------------
 
@@ -308,47 +263,50 @@ class LeaseKeeper:
         now = asyncio.get_running_loop().time()
         holders = self._members.holders(exclude=self.member)
         acquired: list[str] = []
-        for name in self._sources:
+        for name, lease in self.leases.items():
             target = self._plan.get(name)
-            if name in self._held:
+            if lease.state in (LeaseState.SETTLING, LeaseState.HELD):
                 age = 2 * self._cfg.interval
-                stable = target is not None and self._members.stable(target, now, age)
-                if target != self.member and stable and name not in self._releasing:
-                    task = asyncio.create_task(self._release(name), name=f"release {name}")
-                    self._releasing[name] = task
-            elif target == self.member and name not in holders and await self._acquire(name):
+                if target not in (None, self.member) and self._members.stable(target, now, age):
+                    lease.state = LeaseState.RELEASING
+                    lease.release = asyncio.create_task(
+                        self._release(lease), name=f"release {name}"
+                    )
+            elif (
+                lease.state is LeaseState.IDLE
+                and target == self.member
+                and name not in holders
+                and await self._acquire(lease)
+            ):
                 acquired.append(name)
             if self._stop.is_set():
                 return
         if acquired:
             LEASE_CHANGES.labels("acquired").inc(len(acquired))
             log.info(
-                "lease.acquired", count=len(acquired), held=len(self._held), leases=_few(acquired)
+                "lease.acquired", count=len(acquired), held=len(self._held()), leases=_few(acquired)
             )
 
-    async def _acquire(self, name: str) -> bool:
+    async def _acquire(self, lease: Lease) -> bool:
         async with self._declaring() as channel:
             try:
                 await channel.declare_queue(
-                    name, exclusive=True, timeout=self._amqp.connect_timeout
+                    lease.name, exclusive=True, timeout=self._amqp.connect_timeout
                 )
             except aiormq.exceptions.ChannelLockedResource:
                 self._channel = None  # held by another connection; the refusal closed it
-                self._locked(name)
+                self._locked(lease)
                 return False
             except (
                 aiormq.exceptions.ChannelPreconditionFailed,
                 aiormq.exceptions.ChannelAccessRefused,
             ) as exc:
                 self._channel = None
-                log.error("lease.refused", lease=name, detail=str(exc)[:200])
+                log.error("lease.refused", lease=lease.name, detail=str(exc)[:200])
                 return False
-        self._held.add(name)
-        self._locked_since.pop(name, None)
-        lease = self.leases[name]
+        lease.locked_since, lease.locked_reported = None, False
         LEASE_HELD.labels(lease.provider, lease.instance).set(1)
-        loop = asyncio.get_running_loop()
-        self._timers[name] = loop.call_later(self._cfg.settle, self._settle, name)
+        self._settle_later(lease)
         return True
 
     @contextlib.asynccontextmanager
@@ -361,75 +319,66 @@ class LeaseKeeper:
                 self._channel = await self._connection.channel(publisher_confirms=False)
             yield self._channel
 
-    def _locked(self, name: str) -> None:
-        """The plan gives us `name`, no live member says it holds it, yet its queue is taken.
+    def _locked(self, lease: Lease) -> None:
+        """The plan gives us `lease`, no live member says it holds it, yet its queue is taken.
         Normal for a while (a holder cut off until RabbitMQ's heartbeat frees its queue);
         past that, say so once: something that is not a live bridge holds the queue."""
         now = asyncio.get_running_loop().time()
-        since = self._locked_since.setdefault(name, now)
+        if lease.locked_since is None:
+            lease.locked_since = now
         patience = 3 * self._members.expiry + 2 * self._cfg.heartbeat
-        if since is not None and now - since > patience:
-            self._locked_since[name] = None  # warned; again only after it was acquired
+        if not lease.locked_reported and now - lease.locked_since > patience:
+            lease.locked_reported = True
             LEASE_CHANGES.labels("locked").inc()
             log.warning(
                 "lease.locked",
-                lease=name,
-                seconds=round(now - since),
+                lease=lease.name,
+                seconds=round(now - lease.locked_since),
                 hint="a connection that is not a live bridge holds this queue: close it in "
                 "the management UI, or delete a queue of that name declared by something else",
             )
 
-    def _settle(self, name: str) -> None:
-        self._timers.pop(name, None)
-        if name in self._held:
-            self._settled.add(name)
-            if not self._suspended:
-                self.leases[name].grant()
+    def _settle_later(self, lease: Lease) -> None:
+        """Held: usable after `lease.settle` (unless suspended then)."""
+        lease.state = LeaseState.SETTLING
+        loop = asyncio.get_running_loop()
+        lease.settle_timer = loop.call_later(self._cfg.settle, self._settle, lease)
 
-    async def _release(self, name: str) -> None:
+    def _settle(self, lease: Lease) -> None:
+        lease.settle_timer = None
+        if lease.state is LeaseState.SETTLING:
+            lease.state = LeaseState.HELD
+            if not self._suspended:
+                lease.grant()
+
+    async def _release(self, lease: Lease) -> None:
         """Hand a lease over: stop receiving, finish the notification in hand, free it."""
-        lease = self.leases[name]
         try:
             lease.revoke()
-            timer = self._timers.pop(name, None)
-            if timer is not None:
-                timer.cancel()
-            self._settled.discard(name)
+            lease.cancel_settle()
             if not await lease.quiesce(QUIESCE_TIMEOUT):
-                log.warning("lease.quiesce_timeout", lease=name)
+                log.warning("lease.quiesce_timeout", lease=lease.name)
             async with self._declaring() as channel:
-                await channel.queue_delete(name, timeout=self._amqp.connect_timeout)
-            self._drop(name)
+                await channel.queue_delete(lease.name, timeout=self._amqp.connect_timeout)
+            self._drop(lease)
             LEASE_CHANGES.labels("released").inc()
-            log.info("lease.released", lease=name, held=len(self._held))
+            log.info("lease.released", lease=lease.name, held=len(self._held()))
         except (*CONNECTION_EXCEPTIONS, TimeoutError) as exc:
             self._channel = None
-            log.warning("lease.release_failed", lease=name, error=repr(exc))
-            if name in self._held:  # still ours: usable again unless the next plan retries
-                loop = asyncio.get_running_loop()
-                self._timers[name] = loop.call_later(self._cfg.settle, self._settle, name)
+            log.warning("lease.release_failed", lease=lease.name, error=repr(exc))
+            if lease.state is LeaseState.RELEASING:  # still ours: usable again after settle
+                self._settle_later(lease)  # unless the next plan retries the hand-over
         finally:
-            self._releasing.pop(name, None)
+            if lease.release is asyncio.current_task():
+                lease.release = None
 
-    def _drop(self, name: str) -> None:
-        lease = self.leases[name]
+    def _drop(self, lease: Lease) -> None:
+        """No longer held here."""
         lease.revoke()
-        timer = self._timers.pop(name, None)
-        if timer is not None:
-            timer.cancel()
-        self._held.discard(name)
-        self._settled.discard(name)
+        lease.cancel_settle()
+        lease.state = LeaseState.IDLE
+        lease.release = None
         LEASE_HELD.labels(lease.provider, lease.instance).set(0)
-
-
-async def _first(*events: asyncio.Event, timeout: float) -> None:
-    """Wait until one of `events` is set, at most `timeout` seconds."""
-    waits = [asyncio.ensure_future(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waits:
-            waiter.cancel()
 
 
 def _few(names: list[str], limit: int = 5) -> str:

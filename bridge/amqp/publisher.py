@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -26,16 +25,17 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from pamqp.commands import Basic
 
 from bridge import APP_ID
+from bridge.aio import Background, first
 from bridge.amqp.connection import keep_connection
 from bridge.amqp.topology import Topology, declare
 from bridge.config import AmqpConfig, mask_url
+from bridge.dedup import RecentIds
 from bridge.envelope import Outbound
 from bridge.errors import (
     BrokerUnavailable,
     PublishNacked,
     PublishReturned,
     PublishTimeout,
-    TopologyError,
 )
 from bridge.logs import get_logger
 from bridge.metrics import BROKER_UP, CONFIRM_LATENCY, IN_FLIGHT
@@ -56,29 +56,11 @@ class Publisher(Protocol):
         ...
 
 
-class RecentIds:
-    """A bounded set of recently confirmed message ids (insertion-ordered, oldest evicted)."""
+class AmqpPublisher(Background):
+    """The broker as the ingest paths see it. `async with publisher:` keeps the connection up
+    until the block ends, then lets in-flight publishes drain and closes; `failed()` raises a
+    topology conflict."""
 
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._ids: OrderedDict[str, None] = OrderedDict()
-
-    def __contains__(self, message_id: object) -> bool:
-        return message_id in self._ids
-
-    def add(self, message_id: str) -> None:
-        if self._size <= 0:
-            return
-        self._ids[message_id] = None
-        self._ids.move_to_end(message_id)
-        if len(self._ids) > self._size:
-            self._ids.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-
-class AmqpPublisher:
     def __init__(self, cfg: AmqpConfig, topo: Topology, backoff: Backoff | None = None) -> None:
         self._cfg = cfg
         self._topo = topo
@@ -90,7 +72,6 @@ class AmqpPublisher:
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self.fatal: BaseException | None = None
 
     # -- readiness ---------------------------------------------------------------------
 
@@ -104,22 +85,18 @@ class AmqpPublisher:
 
     async def run(self) -> None:
         """Keep a confirm channel up until `close()`; raises `TopologyError` (fatal)."""
-        try:
-            await keep_connection(
-                self._cfg.url,
-                self._session,
-                stop=self._stop,
-                backoff=self._backoff,
-                timeout=self._cfg.connect_timeout,
-                heartbeat=self._cfg.heartbeat,
-                name=f"bridge {APP_ID}",
-                after=self._down,
-                events="broker",
-                log=log,
-            )
-        except TopologyError as exc:
-            self.fatal = exc
-            raise
+        await keep_connection(
+            self._cfg.url,
+            self._session,
+            stop=self._stop,
+            backoff=self._backoff,
+            timeout=self._cfg.connect_timeout,
+            heartbeat=self._cfg.heartbeat,
+            name=f"bridge {APP_ID}",
+            after=self._down,
+            events="broker",
+            log=log,
+        )
 
     async def _down(self) -> None:
         self._ready.clear()
@@ -141,13 +118,7 @@ class AmqpPublisher:
         self._ready.set()
         BROKER_UP.set(1)
         log.info("broker.ready", url=mask_url(self._cfg.url))
-        stop = asyncio.ensure_future(self._stop.wait())
-        gone = asyncio.ensure_future(lost.wait())
-        try:
-            await asyncio.wait({stop, gone}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-            gone.cancel()
+        await first(self._stop, lost)
 
     async def close(self, drain_timeout: float = 10.0) -> None:
         """Stop reconnecting; in-flight publishes get `drain_timeout` to finish first."""

@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import httpx
 
+from bridge.aio import first, sleep_unless
 from bridge.amqp.lease import Lease
 from bridge.config import PollConfig, Secret, Source
 from bridge.errors import (
@@ -38,7 +39,7 @@ from bridge.providers.greenapi import (
     decode_received,
     error_for_status,
 )
-from bridge.retry import Backoff, sleep_unless
+from bridge.retry import Backoff
 
 log = get_logger(__name__)
 
@@ -174,13 +175,7 @@ class Poller:
 
     async def _wait(self, ready: Callable[[], Awaitable[None]]) -> bool:
         """Pause (without receiving) until `ready()` returns; False if stopped meanwhile."""
-        waiter = asyncio.ensure_future(ready())
-        stopper = asyncio.ensure_future(self._stop.wait())
-        try:
-            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            stopper.cancel()
+        await first(ready(), self._stop)
         return not self._stop.is_set()
 
     # -- one notification ----------------------------------------------------------------

@@ -41,6 +41,7 @@ import msgspec
 from aio_pika.abc import AbstractIncomingMessage
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
+from bridge.aio import first
 from bridge.amqp.connection import open_connection
 from bridge.config import mask_url
 from bridge.errors import ConfigError
@@ -208,12 +209,7 @@ async def tail(
             on_ready(queue.name)
         lost = asyncio.Event()
         connection.close_callbacks.add(lambda *_: lost.set())
-        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(lost.wait())]
-        try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
+        await first(stop, lost)
         if lost.is_set() and not stop.is_set():
             raise ConnectionError("the broker closed the connection")
     finally:

@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator
 import aio_pika
 import pytest
 
-from bridge.amqp.publisher import AmqpPublisher, RecentIds
+from bridge.amqp.publisher import AmqpPublisher
 from bridge.amqp.topology import topology
 from bridge.config import AmqpConfig
+from bridge.dedup import RecentIds
 from bridge.envelope import Outbound
 from bridge.errors import BrokerUnavailable, PublishNacked, PublishReturned, PublishTimeout
 from tests.conftest import AMQP_URL
