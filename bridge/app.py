@@ -1,7 +1,8 @@
 """The composition root: build the publisher, pipeline and pollers from settings; run; stop.
 
 `run()` opens the components in an `AsyncExitStack`, each an async context manager that
-starts on enter and drains on exit, so that a stop (`shutdown()`) closes them in reverse:
+starts on enter and drains on exit. A stop (`shutdown()`) tells the pollers and the HTTP server
+at once, then the stack closes the components in reverse:
 
 1. the pollers abandon pending long polls and finish the notification in hand (publish,
    confirm, delete);
@@ -121,7 +122,15 @@ class Service:
             fatal.create_task(self.leases.failed(), name="leases failed")
         await stack.enter_async_context(self._serving())
         await stack.enter_async_context(_polling(self.pollers))
-        stack.callback(log.info, "service.stopping")
+        stack.callback(self._stopping)
+
+    def _stopping(self) -> None:
+        """First of the stop: the pollers and the HTTP server are told at once, then each
+        component drains in the order above."""
+        log.info("service.stopping")
+        for poller in self.pollers:
+            poller.stop()
+        self.http.should_exit = True  # stop accepting; in-flight requests finish
 
     async def shutdown(self) -> None:
         """Stop gracefully (in the order above); returns once `run()` has."""
