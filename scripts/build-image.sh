@@ -46,7 +46,7 @@ pick_engine() {
 # lines (not COPY --from), compiled files left out as .dockerignore leaves them out.
 inputs_hash() {
   local sources
-  sources=$(awk 'toupper($1) == "COPY" && $2 !~ /^--from/ { for (i = 2; i < NF; i++) print $i }' Dockerfile)
+  sources=$(awk 'toupper($1) == "COPY" && !/--from/ { for (i = 2; i < NF; i++) if ($i !~ /^--/) print $i }' Dockerfile)
   # shellcheck disable=SC2086
   {
     printf '%s\n' Dockerfile .dockerignore
