@@ -5,7 +5,7 @@ UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint typecheck unit component integration chaos bench broker management clean
+.PHONY: run test lint typecheck unit component integration chaos bench broker management image clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -54,6 +54,11 @@ chaos: $(BIN)/bridge broker
 ## make bench: polling throughput against the protocol limit (see docs/benchmarks.md)
 bench: $(BIN)/bridge broker
 	$(BIN)/bridge bench poll
+
+## make image: the container image from the Dockerfile, tagged bridge:local (compose.yaml's);
+## docker when an engine answers, else podman (see scripts/build-image.sh)
+image:
+	scripts/build-image.sh --tag bridge:local
 
 clean:
 	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache
