@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from bridge.bench.common import cpu_seconds
+from benchmarks.common import cpu_seconds
 
 
 def test_cpu_seconds_resolves_milliseconds() -> None:
