@@ -27,6 +27,7 @@ COPY pyproject.toml uv.lock ./
 RUN uv sync --frozen --no-dev --no-install-project
 COPY README.md ./
 COPY bridge ./bridge
+COPY fakeprovider ./fakeprovider
 RUN uv sync --frozen --no-dev --no-editable
 
 # ---------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint typecheck unit component integration chaos bench broker management image clean
+.PHONY: run test lint typecheck unit component integration chaos bench bench-webhook bench-compare broker management image clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -32,8 +32,8 @@ test: $(BIN)/bridge broker management lint typecheck
 	$(BIN)/pytest
 
 lint: $(BIN)/bridge
-	$(BIN)/ruff check bridge tests examples benchmarks
-	$(BIN)/ruff format --check bridge tests examples benchmarks
+	$(BIN)/ruff check bridge fakeprovider benchmarks tests examples
+	$(BIN)/ruff format --check bridge fakeprovider benchmarks tests examples
 
 typecheck: $(BIN)/bridge
 	$(BIN)/mypy
@@ -53,7 +53,15 @@ chaos: $(BIN)/bridge broker
 
 ## make bench: polling throughput against the protocol limit (see docs/benchmarks.md)
 bench: $(BIN)/bridge broker
-	$(BIN)/bridge bench poll
+	$(BIN)/python -m benchmarks poll $(ARGS)
+
+## make bench-webhook: webhook rate and latency against raw confirmed publishes
+bench-webhook: $(BIN)/bridge broker
+	$(BIN)/python -m benchmarks webhook $(ARGS)
+
+## make bench-compare: ours against the alternatives, in one run (needs the management plugin)
+bench-compare: $(BIN)/bridge broker management
+	$(BIN)/python -m benchmarks compare $(ARGS)
 
 ## make image: the container image from the Dockerfile, tagged bridge:local (compose.yaml's);
 ## docker when an engine answers, else podman (see scripts/build-image.sh)

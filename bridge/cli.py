@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from bridge import __version__, logs
+from bridge import __version__, arguments, logs
 from bridge.config import Settings, dump, load
 from bridge.errors import ConfigError
 from bridge.logs import get_logger
@@ -34,6 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    """Every command and its arguments (:mod:`bridge.arguments`); no implementation is
+    imported here, only inside the handler of the command that runs."""
     parser = argparse.ArgumentParser(
         prog="bridge",
         description="WhatsApp-gateway notifications into RabbitMQ, acknowledged after confirm.",
@@ -41,104 +43,54 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bridge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", help="TOML file (default: ./bridge.toml when present)")
-        p.add_argument("--log-format", choices=["auto", "json", "text"], default=None)
-        p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=None)
-
     run = sub.add_parser("run", help="run the service")
-    common(run)
+    arguments.common(run)
     run.set_defaults(handler=cmd_run)
 
     check = sub.add_parser("check-config", help="validate the configuration and print it")
-    common(check)
+    arguments.common(check)
     check.set_defaults(handler=cmd_check_config)
 
     fake = sub.add_parser(
         "fake-provider",
         help="a local GREEN-API / Evolution / Chat API stand-in for demos and tests",
     )
-    common(fake)
-    fake.add_argument("--listen", default="127.0.0.1:8091", help="HOST:PORT (default %(default)s)")
-    fake.add_argument(
-        "--instance",
-        action="append",
-        default=[],
-        metavar="ID:TOKEN",
-        help="an instance to serve (repeatable); --config adds every polling source",
-    )
-    fake.add_argument(
-        "--evolution",
-        action="append",
-        default=[],
-        metavar="NAME:TOKEN",
-        help="a fake Evolution instance (repeatable)",
-    )
-    fake.add_argument(
-        "--chatapi",
-        action="append",
-        default=[],
-        metavar="ID:TOKEN",
-        help="a fake Chat API instance (repeatable)",
-    )
-    fake.add_argument(
-        "--seed-samples", action="store_true", help="enqueue the sample notifications"
-    )
-    fake.add_argument(
-        "--feed",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="keep adding one sample per instance every SECONDS",
-    )
-    fake.add_argument("--latency", type=float, default=0.0, help="seconds added to every call")
+    arguments.fake_provider(fake)
     fake.set_defaults(handler=cmd_fake_provider)
-
-    from bridge.tools import configure, simulate
 
     sim = sub.add_parser(
         "simulate", help="post sample notifications to a bridge, as a provider would"
     )
-    simulate.add_arguments(sim)
-    sim.set_defaults(handler=simulate.run)
+    arguments.simulate(sim)
+    sim.set_defaults(handler=cmd_simulate)
 
     conf = sub.add_parser("configure", help="write the webhook settings to the provider")
-    configure.add_arguments(conf)
-    conf.set_defaults(handler=configure.run)
-
-    from bridge.tools import queues, tail
+    arguments.configure(conf)
+    conf.set_defaults(handler=cmd_configure)
 
     queue_cmd = sub.add_parser("queues", help="consumer queues")
     queue_sub = queue_cmd.add_subparsers(dest="queues", required=True, metavar="ACTION")
     declare = queue_sub.add_parser(
         "declare", help="declare a quorum, single-active-consumer queue bound to event types"
     )
-    queues.add_arguments(declare)
-    declare.set_defaults(handler=queues.run)
+    arguments.queues_declare(declare)
+    declare.set_defaults(handler=cmd_queues_declare)
 
     tail_cmd = sub.add_parser("tail", help="print what arrives on a binding, taking nothing")
-    tail.add_arguments(tail_cmd)
-    tail_cmd.set_defaults(handler=tail.run)
+    arguments.tail(tail_cmd)
+    tail_cmd.set_defaults(handler=cmd_tail)
 
-    bench = sub.add_parser("bench", help="benchmarks")
-    bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
-    from bridge.bench.poll import add_arguments as add_poll_arguments
-
-    poll = bench_sub.add_parser("poll", help="polling throughput against the protocol limit")
-    add_poll_arguments(poll)
-    poll.set_defaults(handler=cmd_bench_poll)
-    from bridge.bench import webhook as bench_webhook
-
-    hook = bench_sub.add_parser("webhook", help="webhook rate against raw confirmed publishes")
-    bench_webhook.add_arguments(hook)
-    hook.set_defaults(handler=bench_webhook.run)
-    from bridge.bench import compare as bench_compare
-
-    against = bench_sub.add_parser(
-        "compare", help="ours against the SDK loop, FastAPI+FastStream, the management API, raw"
+    # The harness lives in benchmarks/ of a checkout and parses its own arguments. No option
+    # prefix here, so that every argument, `--help` included, is the harness's (REMAINDER
+    # alone would leave options before the first positional to this parser).
+    bench = sub.add_parser(
+        "bench",
+        help="benchmarks (from a checkout: poll, webhook, compare)",
+        add_help=False,
+        prefix_chars="\0",
     )
-    bench_compare.add_arguments(against)
-    against.set_defaults(handler=bench_compare.run)
+    bench.add_argument("argv", nargs=argparse.REMAINDER)
+    bench.set_defaults(handler=cmd_bench)
     return parser
 
 
@@ -271,46 +223,60 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pairs(items: list[str], usage: str, *, digits: bool = False) -> list[tuple[str, str]]:
+    """`NAME:TOKEN` arguments as pairs; ValueError naming the first malformed one."""
+    pairs = []
+    for item in items:
+        name, sep, token = item.partition(":")
+        if not sep or not name or not token or (digits and not name.isdigit()):
+            raise ValueError(f"{usage}, got {item!r}")
+        pairs.append((name, token))
+    return pairs
+
+
+def _fake_instances(
+    args: argparse.Namespace, settings: Settings | None
+) -> dict[str, list[tuple[str, str]]]:
+    """{provider: (id, token) pairs}: GREEN-API's from the config's polling sources and
+    `--instance`, Evolution's and Chat API's from `--evolution` and `--chatapi`."""
+    green = []
+    if settings is not None:
+        polled = (s for s in settings.config.sources if s.mode == "poll")
+        green = [(source.instance, settings.token(source).reveal()) for source in polled]
+    return {
+        "greenapi": green + _pairs(args.instance, "--instance wants ID:TOKEN", digits=True),
+        "evolution": _pairs(args.evolution, "--evolution wants NAME:TOKEN"),
+        "chatapi": _pairs(args.chatapi, "--chatapi wants NAME:TOKEN"),
+    }
+
+
 def cmd_fake_provider(args: argparse.Namespace) -> int:
-    instances: list[tuple[str, str]] = []
     settings: Settings | None = None
-    if args.config is not None:
-        try:
+    try:
+        if args.config is not None:
             settings = load(args.config)
-        except ConfigError as exc:
-            return _config_error(exc)
-        for source in settings.config.sources:
-            if source.mode == "poll":
-                instances.append((source.instance, settings.token(source).reveal()))
-    for item in args.instance:
-        ident, sep, token = item.partition(":")
-        if not sep or not ident.isdigit() or not token:
-            print(f"bridge: --instance wants ID:TOKEN, got {item!r}", file=sys.stderr)
-            return EXIT_CONFIG
-        instances.append((ident, token))
-    pairs: dict[str, list[tuple[str, str]]] = {"evolution": [], "chatapi": []}
-    for kind, found in pairs.items():
-        for item in getattr(args, kind):
-            name, sep, token = item.partition(":")
-            if not sep or not name or not token:
-                print(f"bridge: --{kind} wants NAME:TOKEN, got {item!r}", file=sys.stderr)
-                return EXIT_CONFIG
-            found.append((name, token))
-    if not instances and not pairs["evolution"] and not pairs["chatapi"]:
+    except ConfigError as exc:
+        return _config_error(exc)
+    try:
+        instances = _fake_instances(args, settings)
+    except ValueError as exc:
+        print(f"bridge: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if not any(instances.values()):
         print("bridge: no instances: pass --config or --instance ID:TOKEN", file=sys.stderr)
         return EXIT_CONFIG
     _setup_logging(args, settings)
-    from bridge.fake.server import run_fake_provider
+    from fakeprovider.server import run_fake_provider
 
     async def main() -> None:
         await run_fake_provider(
             args.listen,
-            instances,
+            instances["greenapi"],
             seed_samples=args.seed_samples,
             feed_interval=args.feed,
             latency=args.latency,
-            evolution=pairs["evolution"],
-            chatapi=pairs["chatapi"],
+            evolution=instances["evolution"],
+            chatapi=instances["chatapi"],
         )
 
     async def on_shutdown() -> None:
@@ -323,7 +289,40 @@ def cmd_fake_provider(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench_poll(args: argparse.Namespace) -> int:
-    from bridge.bench.poll import run as run_bench
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from bridge.tools import simulate
 
-    return run_bench(args)
+    return simulate.run(args)
+
+
+def cmd_configure(args: argparse.Namespace) -> int:
+    from bridge.tools import configure
+
+    return configure.run(args)
+
+
+def cmd_queues_declare(args: argparse.Namespace) -> int:
+    from bridge.tools import queues
+
+    return queues.run(args)
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from bridge.tools import tail
+
+    return tail.run(args)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """`bridge bench …` is `python -m benchmarks …`: the harness is not part of the package."""
+    try:
+        from benchmarks.cli import main as bench
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("benchmarks", "benchmarks.cli"):
+            raise
+        print(
+            "bridge bench runs from a checkout of the repository: make bench / make bench-compare",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    return bench(args.argv, prog="bridge bench")

@@ -256,10 +256,20 @@ def _check(config: Config) -> None:
             raise ConfigError(f"{at}.routing_key: unknown placeholder {bad}")
 
 
+def split_host_port(text: str) -> tuple[str, int]:
+    """`HOST:PORT` (`[::1]:PORT` for IPv6) as (host, port); ValueError when malformed."""
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        raise ValueError(f"must be HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
 def _check_http(http: HttpConfig) -> None:
-    host, sep, port = http.listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ConfigError(f"http.listen: must be HOST:PORT, got {http.listen!r}")
+    try:
+        split_host_port(http.listen)
+    except ValueError as exc:
+        raise ConfigError(f"http.listen: {exc}") from None
     for key in ("allow_ips", "trusted_proxies"):
         for i, value in enumerate(getattr(http, key)):
             try:

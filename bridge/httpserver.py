@@ -13,11 +13,21 @@ import asyncio
 import contextlib
 import socket
 import weakref
-from collections.abc import Awaitable, Callable, Generator, MutableMapping
+from collections.abc import Generator
 from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from bridge.config import split_host_port
+
+__all__ = [
+    "EmbeddedServer",
+    "GuardedProtocol",
+    "bind",
+    "guarded_protocol",
+    "split_listen",
+]
 
 _TIMEOUT_408 = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
@@ -121,20 +131,6 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def lifespan(
-    receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
-    send: Callable[[dict[str, Any]], Awaitable[None]],
-) -> None:
-    """Answer an ASGI lifespan scope: nothing to start or stop."""
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-
-
 def split_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host.removeprefix("[").removesuffix("]"), int(port)
+    """`http.listen` (validated by the config) as (host, port)."""
+    return split_host_port(listen)

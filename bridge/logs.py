@@ -169,7 +169,9 @@ def setup(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
-    logging.getLogger("bridge").setLevel(level.upper())
+    # The service's loggers, and the fake provider's (`bridge fake-provider`): module paths.
+    for name in ("bridge", "fakeprovider"):
+        logging.getLogger(name).setLevel(level.upper())
     # httpx logs every request URL at INFO, and GREEN-API URLs carry the token.
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -18,16 +18,16 @@ is not JSON is quarantined like any other bad body.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from bridge.asgi import Receive, Scope, Send, lifespan
+from bridge.asgi import answer as _answer
 from bridge.config import HttpConfig, Settings, Source
 from bridge.envelope import Outbound
 from bridge.errors import PayloadError, PublishError
-from bridge.httpserver import lifespan
 from bridge.ingest.access import Addresses, Credential, Request, accepts, attribute, header
 from bridge.ingest.pipeline import Pipeline
 from bridge.logs import get_logger
@@ -37,11 +37,6 @@ from bridge.providers import REGISTRY, Adapter, Parsed
 
 log = get_logger(__name__)
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-_JSON = [(b"content-type", b"application/json")]
 _OK = b'{"ok":true}'
 
 
@@ -255,16 +250,3 @@ class Webhooks:
         client = scope.get("client")
         forwarded = header(scope["headers"], b"x-forwarded-for")
         return self._addresses.allowed(client[0] if client else None, forwarded)
-
-
-async def _answer(
-    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [*(headers or _JSON), (b"content-length", str(len(body)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})

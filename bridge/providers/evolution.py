@@ -173,6 +173,22 @@ def _seconds(value: Any) -> int | None:
     return None
 
 
+# -- event-name spellings ----------------------------------------------------------------------
+# An event has three spellings: the config name in a webhook's `events[]` (`MESSAGES_UPSERT`),
+# the wire name in the envelope (`messages.upsert`) and the by-events URL suffix
+# (`/messages-upsert`). `bridge configure` and `bridge simulate` speak the first and the last.
+
+
+def config_name(event: str) -> str:
+    """`messages.upsert` -> `MESSAGES_UPSERT` (Evolution's own normalisation)."""
+    return event.replace(".", "_").replace("-", "_").upper()
+
+
+def url_suffix(event: str) -> str:
+    """`messages.upsert` -> `messages-upsert` (the by-events path segment)."""
+    return config_name(event).replace("_", "-").lower()
+
+
 ADAPTER = Adapter(
     name=PROVIDER,
     known_events=KNOWN_EVENTS,

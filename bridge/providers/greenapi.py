@@ -227,4 +227,27 @@ def error_for_status(status: int, body: bytes) -> ProviderError:
     return SuspendedProviderError(f"{status} {text[:200]}", error_class=f"http_{status}")
 
 
+# -- instance settings -------------------------------------------------------------------------
+#: The `"yes"`/`"no"` settings of `getSettings`/`setSettings`, in the documented order
+#: (`bridge configure --enable/--disable` takes these names).
+TOGGLES = (
+    "markIncomingMessagesReaded",
+    "markIncomingMessagesReadedOnReply",
+    "outgoingWebhook",
+    "outgoingMessageWebhook",
+    "outgoingAPIMessageWebhook",
+    "incomingWebhook",
+    "deviceWebhook",
+    "statusInstanceWebhook",
+    "stateWebhook",
+    "enableMessagesHistory",
+    "keepOnlineStatus",
+    "pollMessageWebhook",
+    "incomingBlockWebhook",
+    "incomingCallWebhook",
+    "editedMessageWebhook",
+    "deletedMessageWebhook",
+)
+
+
 ADAPTER = Adapter(name=PROVIDER, known_events=KNOWN_EVENTS, parse=parse, path="instance")

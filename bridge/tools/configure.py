@@ -20,8 +20,9 @@ from urllib.parse import quote
 
 import httpx
 
-from bridge.fake.evolution_push import config_name
-from bridge.fake.settings import TOGGLES
+from bridge import arguments
+from bridge.providers.evolution import config_name
+from bridge.providers.greenapi import TOGGLES
 
 __all__ = [
     "DEFAULT_TOGGLES",
@@ -47,6 +48,9 @@ EXIT_USAGE: Final = 2
 _MASK: Final = "***"
 _RATE_LIMIT_RETRIES: Final = 3
 
+#: the command's arguments (defined in bridge.arguments, with every command's)
+add_arguments = arguments.configure
+
 
 class ConfigureError(Exception):
     """Something to tell the user, then exit with ``code``."""
@@ -54,42 +58,6 @@ class ConfigureError(Exception):
     def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
         super().__init__(message)
         self.code = code
-
-
-def _names(text: str) -> list[str]:
-    return [name.strip() for name in text.split(",") if name.strip()]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="configure_provider", required=True, metavar="PROVIDER")
-    green = sub.add_parser("greenapi", help="GREEN-API setSettings (webhookUrl, token, toggles)")
-    green.add_argument("--api-url", required=True, help="e.g. https://1101.api.greenapi.com")
-    green.add_argument("--instance", required=True, help="idInstance")
-    green.add_argument(
-        "--token-env", required=True, metavar="VAR", help="env var: apiTokenInstance"
-    )
-    green.add_argument("--webhook-url", required=True, help='the bridge\'s URL ("" = polling)')
-    green.add_argument("--webhook-token-env", metavar="VAR", help="env var: webhookUrlToken")
-    green.add_argument(
-        "--enable", type=_names, default=[], metavar="A,B", help="toggles to set to yes"
-    )
-    green.add_argument(
-        "--disable", type=_names, default=[], metavar="A,B", help="toggles to set to no"
-    )
-    green.add_argument("--timeout", type=float, default=30.0, help="seconds per request (30)")
-
-    evolution = sub.add_parser("evolution", help="Evolution API webhook/set")
-    evolution.add_argument("--api-url", required=True, help="e.g. https://evolution.example.com")
-    evolution.add_argument("--instance", required=True, help="the instance name")
-    evolution.add_argument("--apikey-env", required=True, metavar="VAR", help="env var: apikey")
-    evolution.add_argument("--webhook-url", required=True, help="the bridge's webhook URL")
-    evolution.add_argument("--webhook-token-env", metavar="VAR", help="env var: webhook token")
-    evolution.add_argument("--by-events", action="store_true", help="one URL suffix per event")
-    evolution.add_argument(
-        "--events", type=_names, default=[], metavar="A,B", help="events (default: all)"
-    )
-    evolution.add_argument("--v1", action="store_true", help="Evolution 1.x flat body")
-    evolution.add_argument("--timeout", type=float, default=30.0, help="seconds per request (30)")
 
 
 # --- pure pieces ---------------------------------------------------------------------------------

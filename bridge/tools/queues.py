@@ -39,15 +39,17 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
 from bridge.amqp.connection import open_connection
+from bridge.arguments import DEAD_LETTER, DELIVERY_LIMIT, queues_declare
 from bridge.config import AmqpConfig, load, mask_url
 from bridge.errors import ConfigError, TopologyError
 
-DEAD_LETTER: Final = "notifications.dead"
-DELIVERY_LIMIT: Final = 20
 HASH_HEADER: Final = "x-chat-id"
 EXIT_CONFIG: Final = 2
 EXIT_BROKER: Final = 1
 TIMEOUT: Final = 10.0
+
+#: the command's arguments (defined in bridge.arguments, with every command's)
+add_arguments = queues_declare
 
 
 class Decl(NamedTuple):
@@ -358,59 +360,10 @@ def format_rows(rows: Sequence[Row], *, table: bool) -> str:
 # -- command -------------------------------------------------------------------------------------
 
 
-def add_broker_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--config F | --amqp-url URL` and `--exchange` (shared with `bridge tail`)."""
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--config", help="bridge TOML file: its [amqp] url and exchange")
-    source.add_argument("--amqp-url", help="broker URL (default: amqp.url of the config)")
-    parser.add_argument("--exchange", help="the notifications exchange (default: amqp.exchange)")
-
-
 def broker_target(args: argparse.Namespace) -> tuple[str, str]:
     """(AMQP URL, exchange) from the arguments, else the config (`ConfigError` if invalid)."""
     amqp = AmqpConfig() if args.amqp_url else load(args.config, secrets=False).config.amqp
     return args.amqp_url or amqp.url, args.exchange or amqp.exchange
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", metavar="NAME", help="the queue (with --shards: name prefix)")
-    parser.add_argument(
-        "--bind",
-        action="append",
-        default=[],
-        metavar="KEY",
-        required=True,
-        help="routing key or topic pattern to bind (repeatable)",
-    )
-    parser.add_argument(
-        "--shards",
-        type=int,
-        default=None,
-        metavar="N",
-        help="N queues NAME.0 … fed by a consistent-hash exchange",
-    )
-    parser.add_argument(
-        "--by",
-        default=None,
-        metavar="chat",
-        help="what --shards hashes on: chat (the x-chat-id header; messages"
-        " without it all go to one shard)",
-    )
-    parser.add_argument(
-        "--delivery-limit",
-        type=int,
-        default=DELIVERY_LIMIT,
-        metavar="N",
-        help="dead-letter after N deliveries (default %(default)s)",
-    )
-    parser.add_argument(
-        "--dead-letter-exchange",
-        default=DEAD_LETTER,
-        metavar="NAME",
-        help="fanout exchange + quorum queue for rejected messages (default %(default)s)",
-    )
-    parser.add_argument("--json", action="store_true", help="JSON lines even on a terminal")
-    add_broker_arguments(parser)
 
 
 async def declare(url: str, todo: Plan) -> list[Row]:

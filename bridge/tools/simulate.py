@@ -32,8 +32,8 @@ from urllib.parse import urlsplit
 import httpx
 import msgspec
 
-from bridge.fake.evolution_push import url_suffix
-from bridge.fake.samples import renumbered
+from bridge import arguments
+from bridge.providers.evolution import url_suffix
 
 __all__ = [
     "Post",
@@ -42,6 +42,7 @@ __all__ = [
     "build_posts",
     "load_samples",
     "percentile",
+    "renumbered",
     "run",
     "summarize",
 ]
@@ -49,6 +50,9 @@ __all__ = [
 Provider = Literal["greenapi", "evolution", "chatapi"]
 PROVIDERS: Final[tuple[str, ...]] = get_args(Provider)
 EXIT_USAGE: Final = 2
+
+#: the command's arguments (defined in bridge.arguments, with every command's)
+add_arguments = arguments.simulate
 
 
 class _Probe(msgspec.Struct):
@@ -115,6 +119,17 @@ def _with_field(raw: bytes, name: str, value: str) -> bytes:
     obj = _ANY.decode(raw)
     obj[name] = value
     return msgspec.json.encode(obj)
+
+
+def renumbered(raw: bytes, tag: str) -> bytes:
+    """A sample with its `idMessage` value replaced by `tag` (if it has one), so it is a new
+    notification with its own `message_id`; every other byte is kept."""
+    head, found, tail = raw.partition(b'"idMessage"')
+    if not found:
+        return raw
+    colon, quote, rest = tail.partition(b'"')
+    _old, _, rest = rest.partition(b'"')
+    return head + found + colon + quote + tag.encode() + b'"' + rest
 
 
 def build_posts(
@@ -241,29 +256,6 @@ async def send_all(
         if client is None:
             await http.aclose()
     return [r for r in results if r is not None]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", required=True, help="the bridge's base URL, e.g. http://h:8080")
-    parser.add_argument("--provider", required=True, choices=PROVIDERS)
-    parser.add_argument(
-        "--count", type=int, default=None, help="requests in all, cycling (default: one each)"
-    )
-    parser.add_argument(
-        "--samples", type=Path, default=None, metavar="DIR", help="*.json bodies to send instead"
-    )
-    token = parser.add_mutually_exclusive_group()
-    token.add_argument("--token", default=None, help="webhook token (prefer --token-env)")
-    token.add_argument("--token-env", default=None, metavar="VAR", help="env var with the token")
-    parser.add_argument("--instance", default=None, help="instance id / name to post as")
-    parser.add_argument("--concurrency", type=int, default=1, help="requests in flight (1)")
-    parser.add_argument(
-        "--auth-header", default="authorization", help="Evolution: the token's header name"
-    )
-    parser.add_argument(
-        "--by-events", action="store_true", help="Evolution: post to /webhooks/evolution/<event>"
-    )
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request (30)")
 
 
 def _usage(message: str) -> int:

@@ -41,11 +41,12 @@ import msgspec
 from aio_pika.abc import AbstractIncomingMessage
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
+from bridge import arguments
 from bridge.aio import first
 from bridge.amqp.connection import open_connection
 from bridge.config import mask_url
 from bridge.errors import ConfigError
-from bridge.tools.queues import add_broker_arguments, broker_target
+from bridge.tools.queues import broker_target
 
 __all__ = ["Seen", "add_arguments", "format_json", "format_pretty", "run", "seen", "tail"]
 
@@ -54,6 +55,9 @@ EXIT_BROKER: Final = 1
 MAX_LINES: Final = 40
 MAX_LENGTH: Final = 10_000
 TIMEOUT: Final = 10.0
+
+#: the command's arguments (defined in bridge.arguments, with every command's)
+add_arguments = arguments.tail
 
 
 class Seen(NamedTuple):
@@ -216,24 +220,6 @@ async def tail(
         with contextlib.suppress(*CONNECTION_EXCEPTIONS):
             await connection.close()
     return printed
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--bind",
-        action="append",
-        default=[],
-        metavar="KEY",
-        required=True,
-        help="routing key or topic pattern, e.g. '#' (repeatable)",
-    )
-    form = parser.add_mutually_exclusive_group()
-    form.add_argument("--json", action="store_true", help="JSON lines (default off a terminal)")
-    form.add_argument("--pretty", action="store_true", help="readable (default on a terminal)")
-    parser.add_argument(
-        "--count", type=int, default=None, metavar="N", help="exit after N messages"
-    )
-    add_broker_arguments(parser)
 
 
 def _fail(message: str, status: int) -> int:

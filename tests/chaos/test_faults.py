@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from bridge.fake import Fault
+from fakeprovider.greenapi import Fault
 from tests.chaos.conftest import SIZE
 from tests.chaos.report import ROWS, Row
 from tests.chaos.rig import (

@@ -10,8 +10,8 @@ import math
 import aio_pika
 import pytest
 
-from bridge.bench import compare
-from bridge.bench.common import topology_names
+from benchmarks import compare
+from benchmarks.common import topology_names
 from tests.component.test_bench_webhook import _exists  # the same passive probe
 from tests.conftest import AMQP_URL
 

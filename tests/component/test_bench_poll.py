@@ -8,7 +8,7 @@ import asyncio
 import aio_pika
 import pytest
 
-from bridge.bench import poll
+from benchmarks import poll
 from tests.conftest import AMQP_URL
 from tests.support.harness import free_port
 

@@ -10,7 +10,7 @@ import aio_pika
 import aiormq.exceptions
 import pytest
 
-from bridge.bench import webhook
+from benchmarks import webhook
 from tests.conftest import AMQP_URL
 
 WRK_OUTPUT = """\

@@ -144,3 +144,34 @@ def test_fake_provider_serves_every_provider(tmp_path: Path) -> None:
         _, stderr = proc.communicate(timeout=20)
     assert proc.returncode == 0, stderr
     assert token_for("1") not in stderr
+    # the fake logs like the service: JSON lines, its fields as keys
+    [started] = [json.loads(line) for line in stderr.splitlines() if '"fake.started"' in line]
+    assert (started["level"], started["logger"]) == ("info", "fakeprovider.server")
+    assert started["listen"] == f"127.0.0.1:{port}"
+    assert (started["instances"], started["evolution"], started["chatapi"]) == (
+        "1101000001",
+        "sales-bot",
+        "4242",
+    )
+    assert started["seeded"] == 18
+
+
+def test_bench_hands_its_arguments_to_the_harness() -> None:
+    result = bridge("bench", "poll", "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: bridge bench poll ")
+    assert "--per-instance" in result.stdout
+    listing = bridge("bench", "--help")
+    assert listing.returncode == 0, listing.stderr
+    assert all(name in listing.stdout for name in ("poll", "webhook", "compare"))
+
+
+def test_bench_outside_a_checkout_says_where_it_runs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bridge import cli
+
+    for name in ("benchmarks", "benchmarks.cli"):  # as in the wheel: not importable
+        monkeypatch.setitem(sys.modules, name, None)
+    assert cli.main(["bench", "poll"]) == 2
+    assert "bridge bench runs from a checkout of the repository" in capsys.readouterr().err

@@ -24,13 +24,15 @@ import httpx
 import pytest
 from aiohttp import web
 
-from bridge.fake import ChatApiConfig, FakeChatApi, FakeEvolution, FakeGreenApi, RetryPolicy
-from bridge.fake.chatapi import batch_body
-from bridge.fake.evolution_push import EVENTS, config_name, local_time_z, url_suffix, webhook_jwt
-from bridge.fake.push import backoff_delay
-from bridge.fake.samples import numbered_notifications, sample_notifications
-from bridge.fake.server import run_fake_provider, serve_socket
-from bridge.fake.settings import SettingsError, apply_settings, default_settings
+from bridge.providers.evolution import config_name, url_suffix
+from fakeprovider.chatapi import ChatApiConfig, FakeChatApi, batch_body
+from fakeprovider.evolution import FakeEvolution
+from fakeprovider.evolution_push import EVENTS, RetryPolicy, local_time_z, webhook_jwt
+from fakeprovider.greenapi import FakeGreenApi
+from fakeprovider.push import backoff_delay
+from fakeprovider.samples import numbered_notifications, sample_notifications
+from fakeprovider.server import run_fake_provider, serve_socket
+from fakeprovider.settings import SettingsError, apply_settings, default_settings
 from tests.support.harness import http_receiver
 
 ID = "1101000001"

@@ -12,10 +12,10 @@ import pytest
 from bridge.amqp.lease import Lease
 from bridge.config import AmqpConfig, PollConfig, Secret, Source
 from bridge.envelope import Outbound
-from bridge.fake.greenapi import Fault
 from bridge.ingest.http import AiohttpProviderHttp
 from bridge.ingest.pipeline import Pipeline
 from bridge.ingest.poller import Poller
+from fakeprovider.greenapi import Fault
 from tests.component.test_poller import StubPublisher
 from tests.support.harness import FakeServer, fake_greenapi, wait_until
 

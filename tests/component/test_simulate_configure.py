@@ -18,9 +18,12 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from bridge.fake import FakeChatApi, FakeEvolution, FakeGreenApi, sample_notifications
-from bridge.fake.server import serve_socket
 from bridge.tools import configure, simulate
+from fakeprovider.chatapi import FakeChatApi
+from fakeprovider.evolution import FakeEvolution
+from fakeprovider.greenapi import FakeGreenApi
+from fakeprovider.samples import sample_notifications
+from fakeprovider.server import serve_socket
 from tests.support.harness import http_receiver
 
 ID = "1101000001"

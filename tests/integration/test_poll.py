@@ -16,9 +16,9 @@ from prometheus_client import generate_latest
 from bridge import APP_ID
 from bridge.app import Service
 from bridge.config import Settings
-from bridge.fake.greenapi import Fault
 from bridge.logs import JsonFormatter, Redactor
 from bridge.metrics import REGISTRY
+from fakeprovider.greenapi import Fault
 from tests.conftest import AMQP_URL, greenapi_samples
 from tests.support.harness import (
     Collected,

@@ -141,11 +141,11 @@ async def test_broker_down_503_then_provider_retries_land(
 async def test_evolution_and_chatapi_pushes_land(tmp_path: Path) -> None:
     import socket
 
-    from bridge.fake.chatapi import ChatApiConfig, FakeChatApi
-    from bridge.fake.evolution import FakeEvolution
-    from bridge.fake.evolution_push import RetryPolicy
-    from bridge.fake.greenapi import FakeGreenApi
-    from bridge.fake.server import serve_socket
+    from fakeprovider.chatapi import ChatApiConfig, FakeChatApi
+    from fakeprovider.evolution import FakeEvolution
+    from fakeprovider.evolution_push import RetryPolicy
+    from fakeprovider.greenapi import FakeGreenApi
+    from fakeprovider.server import serve_socket
 
     names = Names()
     text = webhook_config(names, [], AMQP_URL) + (

@@ -17,8 +17,8 @@ import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
 from bridge.config import Settings, load
-from bridge.fake.greenapi import FakeGreenApi
-from bridge.fake.server import serve_socket
+from fakeprovider.greenapi import FakeGreenApi
+from fakeprovider.server import serve_socket
 
 
 def free_port() -> int:

@@ -11,9 +11,9 @@ Each call is checked in this order: route (404), idInstance (400/403), token (40
 per instance and method (429), parameters (400), then the next queued fault, the injected
 latency, and finally the real answer. While an instance has a ``webhookUrl`` its queue is
 pushed and ``receiveNotification`` answers ``null``. Evolution's ``/webhook/set/{name}`` and
-``/webhook/find/{name}`` are served on the same port (:mod:`bridge.fake.evolution`). Control
-calls live under ``/_control`` (see :mod:`bridge.fake.control` and
-:mod:`bridge.fake.pushcontrol`).
+``/webhook/find/{name}`` are served on the same port (:mod:`fakeprovider.evolution`). Control
+calls live under ``/_control`` (see :mod:`fakeprovider.control` and
+:mod:`fakeprovider.pushcontrol`).
 """
 
 from __future__ import annotations
@@ -21,14 +21,15 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from http import HTTPStatus
-from typing import Any, Final
+from typing import Final
 
-from bridge.fake.chatapi import FakeChatApi
-from bridge.fake.control import handle_control
-from bridge.fake.evolution import FakeEvolution
-from bridge.fake.greenapi import (
+from bridge.asgi import JSON, ASGIApp, Receive, Scope, Send, answer, lifespan
+from fakeprovider.chatapi import FakeChatApi
+from fakeprovider.control import handle_control
+from fakeprovider.evolution import FakeEvolution
+from fakeprovider.greenapi import (
     BadRequestError,
     FakeGreenApi,
     Fault,
@@ -37,20 +38,12 @@ from bridge.fake.greenapi import (
     parse_receipt_id,
     parse_receive_timeout,
 )
-from bridge.fake.pushcontrol import handle_push_control
-from bridge.fake.settings import SettingsError, encode_settings
-from bridge.httpserver import lifespan
+from fakeprovider.pushcontrol import handle_push_control
+from fakeprovider.settings import SettingsError, encode_settings
 
 __all__ = ["DROP_LOG_MESSAGE", "ASGIApp", "create_app"]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-_JSON: Final = b"application/json"
-_TEXT: Final = b"text/plain; charset=utf-8"
+_TEXT: Final = [(b"content-type", b"text/plain; charset=utf-8")]
 _NULL: Final = b"null"
 _RESULT_TRUE: Final = b'{"result":true}'
 _RESULT_FALSE: Final = b'{"result":false}'
@@ -73,27 +66,13 @@ def _bad_request(message: str) -> bytes:
     return b'{"message":"%b"}' % message.encode()
 
 
-async def _answer(send: Send, status: int, body: bytes, content_type: bytes = _JSON) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", content_type),
-                (b"content-length", b"%d" % len(body)),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
 async def _drop(send: Send) -> None:
     """Promise a body, send a piece of it and stop: uvicorn then closes the connection."""
     await send(
         {
             "type": "http.response.start",
             "status": 200,
-            "headers": [(b"content-type", _JSON), (b"content-length", _DROP_LENGTH)],
+            "headers": [*JSON, (b"content-length", _DROP_LENGTH)],
         }
     )
     await send({"type": "http.response.body", "body": _DROP_PREFIX, "more_body": True})
@@ -103,13 +82,13 @@ async def _answer_fault(send: Send, fault: Fault) -> None:
     if fault.kind == "status":
         body = (fault.body or _reason(fault.status)).encode()
         json = body[:1] in (b"{", b"[")
-        await _answer(send, fault.status, body, _JSON if json else _TEXT)
+        await answer(send, fault.status, body, JSON if json else _TEXT)
     elif fault.kind == "quota":
-        await _answer(send, 466, _QUOTA_BODY)
+        await answer(send, 466, _QUOTA_BODY)
     elif fault.kind == "drop":
         await _drop(send)
     else:  # empty
-        await _answer(send, 200, b"")
+        await answer(send, 200, b"")
 
 
 def _reason(status: int) -> str:
@@ -190,10 +169,10 @@ class _FakeProvider:
             elif path.startswith(("/_control", "/webhook/")):
                 body = await _read_body(receive)
                 if body is not None:
-                    status, answer = self._buffered(scope, path, body)
-                    await _answer(send, status, answer)
+                    status, reply = self._buffered(scope, path, body)
+                    await answer(send, status, reply)
             else:
-                await _answer(send, 404, b"Not Found", _TEXT)
+                await answer(send, 404, b"Not Found", _TEXT)
         elif kind == "lifespan":
             await lifespan(receive, send)
 
@@ -225,22 +204,22 @@ class _FakeProvider:
         elif count == 4 and self.state.settings_api and _SETTINGS_ROUTES.get(parts[2]) == method:
             receiving, settings = False, True
         else:
-            await _answer(send, 404, b"Not Found", _TEXT)
+            await answer(send, 404, b"Not Found", _TEXT)
             return
         id = parts[1][_PREFIX_LEN:]
         instance = self.state.instances.get(id)
         if instance is None:
             if id.isascii() and id.isdigit():
-                await _answer(send, 403, b"Forbidden", _TEXT)
+                await answer(send, 403, b"Forbidden", _TEXT)
             else:
-                await _answer(send, 400, _bad_request("Parameter idInstance not an integer"))
+                await answer(send, 400, _bad_request("Parameter idInstance not an integer"))
             return
         token = parts[3]
         if token != instance.token:
             if token:
-                await _answer(send, 401, b"Unauthorized", _TEXT)
+                await answer(send, 401, b"Unauthorized", _TEXT)
             else:
-                await _answer(send, 400, _bad_request("Parameter apiTokenInstance not define"))
+                await answer(send, 400, _bad_request("Parameter apiTokenInstance not define"))
             return
         if settings:
             await self._settings(instance, parts[2] == "setSettings", receive, send)
@@ -258,24 +237,25 @@ class _FakeProvider:
     ) -> None:
         loop = asyncio.get_running_loop()
         if not instance.receive_window.admit(loop.time()):
-            await _answer(send, 429, b"Too Many Requests", _TEXT)
+            await answer(send, 429, b"Too Many Requests", _TEXT)
             return
         try:
             timeout = parse_receive_timeout(scope["query_string"])
         except BadRequestError as exc:
-            await _answer(send, 400, _bad_request(str(exc)))
+            await answer(send, 400, _bad_request(str(exc)))
             return
         fault = instance.take_fault("receive") if instance.faults else None
         latency = self.state.latency_for(instance)
-        if fault is not None:
-            if fault.kind != "slow":
-                if latency > 0.0:
-                    await asyncio.sleep(latency)
-                await _answer_fault(send, fault)
-                return
-            if not await _sleep_unless_gone(fault.delay, receive):
-                return  # the client gave up (its read timeout): this receive is over
+        if fault is not None and await _faulted(fault, latency, receive, send):
+            return
         deadline = loop.time() + timeout * self.state.timeout_scale
+        await self._long_poll(instance, deadline, latency, receive, send)
+
+    async def _long_poll(
+        self, instance: Instance, deadline: float, latency: float, receive: Receive, send: Send
+    ) -> None:
+        """Answer the head once there is one; ``null`` at the deadline or while draining."""
+        loop = asyncio.get_running_loop()
         while True:
             head = instance.poll_head()
             if head is not None:
@@ -285,23 +265,23 @@ class _FakeProvider:
                     if head is None:  # taken by an overlapping consumer meanwhile
                         continue
                 instance.delivered += 1
-                await _answer(send, 200, notification_response(*head))
+                await answer(send, 200, notification_response(*head))
                 return
             remaining = deadline - loop.time()
             if remaining <= 0.0 or instance.closed or self.state.draining:
                 break
             if not await _wait(loop, instance, remaining, receive):
                 return  # the client went away: nobody to answer
-        await _answer(send, 200, _NULL)
+        await answer(send, 200, _NULL)
 
     async def _delete(self, instance: Instance, segment: str, send: Send) -> None:
         if not instance.delete_window.admit(asyncio.get_running_loop().time()):
-            await _answer(send, 429, b"Too Many Requests", _TEXT)
+            await answer(send, 429, b"Too Many Requests", _TEXT)
             return
         try:
             receipt_id = parse_receipt_id(segment)
         except BadRequestError as exc:
-            await _answer(send, 400, _bad_request(str(exc)))
+            await answer(send, 400, _bad_request(str(exc)))
             return
         fault = instance.take_fault("delete") if instance.faults else None
         latency = self.state.latency_for(instance)
@@ -312,7 +292,7 @@ class _FakeProvider:
                 await _answer_fault(send, fault)
                 return
             await asyncio.sleep(fault.delay)
-        await _answer(send, 200, _RESULT_TRUE if instance.delete(receipt_id) else _RESULT_FALSE)
+        await answer(send, 200, _RESULT_TRUE if instance.delete(receipt_id) else _RESULT_FALSE)
 
     async def _settings(
         self, instance: Instance, setting: bool, receive: Receive, send: Send
@@ -322,20 +302,31 @@ class _FakeProvider:
             return
         window = instance.set_settings_window if setting else instance.get_settings_window
         if not window.admit(asyncio.get_running_loop().time()):
-            await _answer(send, 429, b"Too Many Requests", _TEXT)
+            await answer(send, 429, b"Too Many Requests", _TEXT)
             return
         latency = self.state.latency_for(instance)
         if latency > 0.0:
             await asyncio.sleep(latency)
         if not setting:
-            await _answer(send, 200, encode_settings(instance.settings))
+            await answer(send, 200, encode_settings(instance.settings))
             return
         try:
             self.state.set_settings(instance.id, body)
         except SettingsError as exc:
-            await _answer(send, 400, _bad_request(str(exc)))
+            await answer(send, 400, _bad_request(str(exc)))
             return
-        await _answer(send, 200, _SAVED)
+        await answer(send, 200, _SAVED)
+
+
+async def _faulted(fault: Fault, latency: float, receive: Receive, send: Send) -> bool:
+    """Play a receive's fault; True when that ends the receive (the fault answered, or the
+    client gave up during a ``slow`` one: its read timeout), False to go on polling."""
+    if fault.kind != "slow":
+        if latency > 0.0:
+            await asyncio.sleep(latency)
+        await _answer_fault(send, fault)
+        return True
+    return not await _sleep_unless_gone(fault.delay, receive)
 
 
 async def _sleep_unless_gone(delay: float, receive: Receive) -> bool:

@@ -2,7 +2,7 @@
 
 ``serve`` binds, serves until cancelled, then answers every pending long poll with ``null`` and
 lets uvicorn drain (its ``Server.shutdown`` is the model). Signal capture is off: signals belong
-to the process's root coroutine. While it serves, one :class:`~bridge.fake.push.PushHub` runs
+to the process's root coroutine. While it serves, one :class:`~fakeprovider.push.PushHub` runs
 the webhook pushers of all three providers; stopping the server cancels them and closes the
 hub's HTTP client.
 """
@@ -18,14 +18,16 @@ from typing import Final
 
 import uvicorn
 
-from bridge.fake.app import DROP_LOG_MESSAGE, create_app
-from bridge.fake.chatapi import FakeChatApi
-from bridge.fake.evolution import FakeEvolution
-from bridge.fake.greenapi import FakeGreenApi
-from bridge.fake.push import PushHub
-from bridge.fake.samples import renumbered, sample_notifications
+from bridge.config import split_host_port
 from bridge.httpserver import EmbeddedServer, bind
 from bridge.logs import get_logger
+from bridge.tools.simulate import renumbered
+from fakeprovider.app import DROP_LOG_MESSAGE, create_app
+from fakeprovider.chatapi import FakeChatApi
+from fakeprovider.evolution import FakeEvolution
+from fakeprovider.greenapi import FakeGreenApi
+from fakeprovider.push import PushHub
+from fakeprovider.samples import sample_notifications
 
 __all__ = ["create_app", "parse_listen", "run_fake_provider", "serve", "serve_socket"]
 
@@ -111,11 +113,10 @@ async def serve_socket(
 
 def parse_listen(listen: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[::1]:PORT`` for IPv6) into its parts; ValueError when malformed."""
-    host, sep, port = listen.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
-        raise ValueError(f"listen address must be HOST:PORT, got {listen!r}")
-    return host, int(port)
+    try:
+        return split_host_port(listen)
+    except ValueError as exc:
+        raise ValueError(f"listen address {exc}") from None
 
 
 def _describe(ids: list[str], limit: int = 10) -> str:
@@ -130,6 +131,32 @@ async def _feed(state: FakeGreenApi, ids: list[str], samples: list[bytes], inter
         for id in ids:
             if id in state.instances:
                 state.enqueue(id, renumbered(raw, f"FEED{id}{n:08d}"))
+
+
+def _states(
+    instances: list[tuple[str, str]],
+    evolution: list[tuple[str, str]],
+    chatapi: list[tuple[str, str]],
+    latency: float,
+    evolution_api_key: str | None,
+) -> tuple[FakeGreenApi, FakeEvolution, FakeChatApi]:
+    """The three providers' states with their instances; ValueError naming a bad one."""
+    state = FakeGreenApi(latency=latency)
+    for id, token in instances:
+        if not (id.isascii() and id.isdigit()) or not token or "/" in token:
+            raise ValueError(f"instance must be DIGITS:TOKEN, got id {id!r}")
+        state.add_instance(id, token)
+    evolution_state = FakeEvolution(api_key=evolution_api_key)
+    for name, token in evolution:
+        if not name or "/" in name or not token:
+            raise ValueError(f"evolution instance must be NAME:TOKEN, got name {name!r}")
+        evolution_state.add_instance(name, token)
+    chatapi_state = FakeChatApi()
+    for id, token in chatapi:
+        if not id or "/" in id or not token:
+            raise ValueError(f"chatapi instance must be ID:TOKEN, got id {id!r}")
+        chatapi_state.add_instance(id, token)
+    return state, evolution_state, chatapi_state
 
 
 async def run_fake_provider(
@@ -151,23 +178,10 @@ async def run_fake_provider(
     pairs of Chat API instances (configured through the control API).
     """
     host, port = parse_listen(listen)
-    state = FakeGreenApi(latency=latency)
-    ids = []
-    for id, token in instances:
-        if not (id.isascii() and id.isdigit()) or not token or "/" in token:
-            raise ValueError(f"instance must be DIGITS:TOKEN, got id {id!r}")
-        state.add_instance(id, token)
-        ids.append(id)
-    evolution_state = FakeEvolution(api_key=evolution_api_key)
-    for name, token in evolution or []:
-        if not name or "/" in name or not token:
-            raise ValueError(f"evolution instance must be NAME:TOKEN, got name {name!r}")
-        evolution_state.add_instance(name, token)
-    chatapi_state = FakeChatApi()
-    for id, token in chatapi or []:
-        if not id or "/" in id or not token:
-            raise ValueError(f"chatapi instance must be ID:TOKEN, got id {id!r}")
-        chatapi_state.add_instance(id, token)
+    state, evolution_state, chatapi_state = _states(
+        instances, evolution or [], chatapi or [], latency, evolution_api_key
+    )
+    ids = [id for id, _ in instances]
     samples = sample_notifications()
     if seed_samples:
         for id in ids:

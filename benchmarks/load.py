@@ -1,7 +1,7 @@
 """Load for the webhook benches: the bodies, what they are posted to, and the helper processes
 that post or publish them.
 
-Helpers run as `python -m bridge.bench.load load|publish …`, so no generator shares an event loop
+Helpers run as `python -m benchmarks.load load|publish …`, so no generator shares an event loop
 with the process under test or with the bench (they still share the machine's cores). A helper
 prints `measure` when its warm-up ends, `stop` when its window ends, then one JSON line.
 
@@ -34,7 +34,7 @@ from urllib.parse import quote
 
 import aio_pika
 
-from bridge.bench.common import Window, reset_peak_rss, ticking
+from benchmarks.common import Window, reset_peak_rss, ticking
 
 TOKEN_ENV = "BENCH_HOOK_TOKEN"  # noqa: S105 - the variable's name, not a token
 
@@ -177,7 +177,7 @@ async def helper_run(
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "bridge.bench.load",
+            "benchmarks.load",
             *argv,
             stdout=asyncio.subprocess.PIPE,
             stderr=log,
@@ -367,7 +367,7 @@ async def _publish(opts: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bridge.bench.load")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.load")
     sub = parser.add_subparsers(dest="kind", required=True)
     load = sub.add_parser(
         "load",

@@ -10,21 +10,26 @@ While an instance's ``webhookUrl`` is non-empty its FIFO is pushed instead of se
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Final
+from typing import Final, Protocol
 
 import msgspec
 
-from bridge.fake.push import PushHub, PushStats, post_once
 from bridge.logs import get_logger
+from fakeprovider.greeninstance import Instance
+from fakeprovider.push import PushHub, PushStats, post_once
 
-if TYPE_CHECKING:
-    from bridge.fake.greenapi import FakeGreenApi, Instance
-
-__all__ = ["GreenPushStats", "ensure_pusher", "push_headers"]
+__all__ = ["GreenPushStats", "PushTiming", "ensure_pusher", "push_headers", "push_stats"]
 
 logger = get_logger(__name__)
 
 _JSON: Final = "application/json"
+
+
+class PushTiming(Protocol):
+    """The fake's push timing, read at every attempt (the control API changes it live)."""
+
+    push_timeout: float
+    push_pause: float
 
 
 class GreenPushStats(PushStats):
@@ -40,7 +45,7 @@ def push_headers(token: str) -> dict[str, str]:
     return headers
 
 
-def ensure_pusher(state: FakeGreenApi, instance: Instance, hub: PushHub) -> None:
+def ensure_pusher(state: PushTiming, instance: Instance, hub: PushHub) -> None:
     """Start the instance's pusher if it is in push mode and none runs (never two)."""
     if instance.closed or not instance.settings.pushing or hub.closed:
         return
@@ -58,7 +63,7 @@ async def _wait_for_work(instance: Instance) -> None:
         instance.waiters.discard(waiter)
 
 
-async def _push_loop(state: FakeGreenApi, instance: Instance, hub: PushHub) -> None:
+async def _push_loop(state: PushTiming, instance: Instance, hub: PushHub) -> None:
     counters = instance.push_counts
     while not instance.closed and instance.settings.pushing:
         head = instance.head()

@@ -24,7 +24,8 @@ from typing import Final
 import httpx
 import msgspec
 
-from bridge.fake.push import PushCounters, backoff_delay, post_once
+from bridge.providers.evolution import config_name, url_suffix
+from fakeprovider.push import PushCounters, backoff_delay, post_once
 
 __all__ = [
     "EVENTS",
@@ -33,10 +34,8 @@ __all__ = [
     "PushTarget",
     "RetryPolicy",
     "V1Webhook",
-    "config_name",
     "deliver",
     "envelope",
-    "url_suffix",
     "validate_v1",
     "validate_v2",
 ]
@@ -82,16 +81,6 @@ _AXIOS_HEADERS: Final = {
     "User-Agent": "axios/1.7.9",
 }
 _ENCODER: Final = msgspec.json.Encoder()
-
-
-def config_name(event: str) -> str:
-    """``messages.upsert`` -> ``MESSAGES_UPSERT`` (Evolution's ``we``)."""
-    return event.replace(".", "_").replace("-", "_").upper()
-
-
-def url_suffix(event: str) -> str:
-    """``messages.upsert`` -> ``messages-upsert`` (the by-events path segment)."""
-    return config_name(event).replace("_", "-").lower()
 
 
 class EvolutionWebhook(msgspec.Struct, frozen=True):

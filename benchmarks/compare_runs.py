@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from bridge.bench.common import (
+from benchmarks.common import (
     Progress,
     cpu_seconds,
     free_port,
@@ -27,7 +27,7 @@ from bridge.bench.common import (
     stop_process,
     wait_http,
 )
-from bridge.bench.load import (
+from benchmarks.load import (
     TOKEN_ENV,
     greenapi_target,
     helper_argv,
@@ -36,7 +36,7 @@ from bridge.bench.load import (
     management_target,
     percentiles,
 )
-from bridge.bench.poll import (
+from benchmarks.poll import (
     deleted,
     enqueue,
     poll_config,
@@ -45,10 +45,10 @@ from bridge.bench.poll import (
     wait_deleted,
     wait_polling,
 )
-from bridge.bench.sink import Sink, poll_tag
-from bridge.bench.webhook import webhook_config
-from bridge.bench.wrk import wrk_run
-from bridge.fake.samples import numbered_notifications
+from benchmarks.sink import Sink, poll_tag
+from benchmarks.webhook import webhook_config
+from benchmarks.wrk import wrk_run
+from fakeprovider.samples import numbered_notifications
 
 FIRST_POLL_INSTANCE = 7300000000
 STALL_SECONDS = 60.0  # no notification deleted for this long: the variant is stuck

@@ -13,8 +13,8 @@ reference, webhook, reference, and the reference rate is the mean of the two. Th
 webhook rate to it is what the HTTP path and the bridge's own work cost.
 
 Generators: `wrk` when it is on PATH (a generated Lua script builds every body,
-`bridge.bench.wrk`), otherwise a built-in aiohttp generator. The built-in generator and the
-reference publisher run as helper processes (`bridge.bench.load`).
+`benchmarks.wrk`), otherwise a built-in aiohttp generator. The built-in generator and the
+reference publisher run as helper processes (`benchmarks.load`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from bridge.bench.common import (
+from benchmarks.common import (
     delete_topology,
     free_port,
     local_broker_pid,
@@ -44,7 +44,7 @@ from bridge.bench.common import (
     topology_names,
     wait_http,
 )
-from bridge.bench.load import (
+from benchmarks.load import (
     PREFIX_WIDTH,
     TOKEN_ENV,
     body_parts,
@@ -53,7 +53,7 @@ from bridge.bench.load import (
     helper_run,
     instance_ids,
 )
-from bridge.bench.wrk import parse_wrk, pick_generator, wrk_run
+from benchmarks.wrk import parse_wrk, pick_generator, wrk_run
 
 __all__ = [
     "add_arguments",

@@ -9,7 +9,7 @@ Provider calls (real URL shapes; header ``apikey: <global key or the instance to
 Checked in Evolution's guard order: the instance exists (404), then the apikey (401), then the
 body (400). Events are enqueued through the control API or :meth:`FakeEvolution.enqueue`; each
 one is delivered by its own task (concurrently, no order, like Evolution's un-awaited
-``sendDataWebhook``) with Evolution 2.3's retries; see :mod:`bridge.fake.evolution_push`.
+``sendDataWebhook``) with Evolution 2.3's retries; see :mod:`fakeprovider.evolution_push`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Final
 
 import msgspec
 
-from bridge.fake.evolution_push import (
+from fakeprovider.evolution_push import (
     Delivery,
     EvolutionWebhook,
     PushTarget,
@@ -32,7 +32,7 @@ from bridge.fake.evolution_push import (
     validate_v1,
     validate_v2,
 )
-from bridge.fake.push import PushCounters, PushHub, PushStats
+from fakeprovider.push import PushCounters, PushHub, PushStats
 
 __all__ = ["EvolutionInstance", "EvolutionStats", "FakeEvolution", "UnknownEvolutionInstance"]
 

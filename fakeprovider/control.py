@@ -15,7 +15,7 @@ body and writes what it returns. Bad input is a 400 with ``{"message": ...}``, n
     POST   /_control/reset                           (the app also resets Evolution, Chat API)
 
 The webhook pushers' routes (GREEN-API settings and push counters, Evolution, Chat API) are in
-:mod:`bridge.fake.pushcontrol`; the app tries those first.
+:mod:`fakeprovider.pushcontrol`; the app tries those first.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Final, TypeVar
 
 import msgspec
 
-from bridge.fake.greenapi import FakeGreenApi, Fault, UnknownInstanceError
+from fakeprovider.greenapi import FakeGreenApi, Fault, UnknownInstanceError
 
 __all__ = ["ControlError", "handle_control"]
 

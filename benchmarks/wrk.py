@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bridge.bench.common import Window, reset_peak_rss, ticking
-from bridge.bench.load import Target
+from benchmarks.common import Window, reset_peak_rss, ticking
+from benchmarks.load import Target
 
 
 def pick_generator(choice: str) -> str:

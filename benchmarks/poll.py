@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from bridge.bench.common import (
+from benchmarks.common import (
     Progress,
     cpu_seconds,
     delete_topology,
@@ -35,7 +35,7 @@ from bridge.bench.common import (
     stop_process,
     wait_http,
 )
-from bridge.fake.samples import numbered_notifications
+from fakeprovider.samples import numbered_notifications
 
 DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 

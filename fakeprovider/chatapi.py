@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import msgspec
 
-from bridge.fake.push import PushCounters, PushHub, PushStats, post_once
+from fakeprovider.push import PushCounters, PushHub, PushStats, post_once
 
 __all__ = [
     "KINDS",

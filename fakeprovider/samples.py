@@ -8,7 +8,9 @@ from typing import Final
 
 import msgspec
 
-__all__ = ["numbered_notifications", "renumbered", "sample_notifications"]
+from bridge.tools.simulate import renumbered
+
+__all__ = ["numbered_notifications", "sample_notifications"]
 
 _SAMPLES_DIR: Final = ("data", "samples", "greenapi")
 
@@ -45,17 +47,6 @@ def _load_samples() -> tuple[bytes, ...]:
 def sample_notifications() -> list[bytes]:
     """Raw bytes of every shipped GREEN-API notification sample, sorted by file name."""
     return list(_load_samples())
-
-
-def renumbered(raw: bytes, tag: str) -> bytes:
-    """A sample with its `idMessage` value replaced by `tag` (if it has one), so it is a new
-    notification with its own `message_id`; every other byte is kept."""
-    head, found, tail = raw.partition(b'"idMessage"')
-    if not found:
-        return raw
-    colon, quote, rest = tail.partition(b'"')
-    _old, _, rest = rest.partition(b'"')
-    return head + found + colon + quote + tag.encode() + b'"' + rest
 
 
 def numbered_notifications(count: int, prefix: str = "FAKE") -> list[bytes]:

@@ -27,9 +27,9 @@ bodies in flight for D seconds after a warm-up; latency is the generator's reque
 - (d) confirmed publishes straight to RabbitMQ through aio-pika's channel, C in flight, the
   bridge's properties and headers: the ceiling of "publish and wait for the confirm".
 
-The alternatives are scripts outside the `bridge` package, run as child processes, so their
-packages (pika, whatsapp-api-client-python, fastapi, faststream) stay out of the bridge's
-runtime dependencies; they are dev dependencies.
+The alternatives are scripts beside this module (`benchmarks/alternatives/`), run as child
+processes, so their packages (pika, whatsapp-api-client-python, fastapi, faststream) stay out of
+the bridge's runtime dependencies; they are dev dependencies.
 """
 
 from __future__ import annotations
@@ -48,20 +48,20 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from bridge.bench.common import (
+from benchmarks.common import (
     delete_topology,
     local_broker_pid,
     print_result,
 )
-from bridge.bench.compare_runs import RunSetup, poll_variants, webhook_variants
-from bridge.bench.compare_table import report
-from bridge.bench.poll import add_setup_arguments
-from bridge.bench.sink import Sink
-from bridge.bench.webhook import add_load_arguments
-from bridge.bench.wrk import pick_generator
+from benchmarks.compare_runs import RunSetup, poll_variants, webhook_variants
+from benchmarks.compare_table import report
+from benchmarks.poll import add_setup_arguments
+from benchmarks.sink import Sink
+from benchmarks.webhook import add_load_arguments
+from benchmarks.wrk import pick_generator
 
 DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
-ALTERNATIVES = Path(__file__).resolve().parents[2] / "benchmarks" / "alternatives"
+ALTERNATIVES = Path(__file__).resolve().parent / "alternatives"
 # (module, distribution to install) per alternative
 NEEDS: dict[str, list[tuple[str, str]]] = {
     "(a)": [("whatsapp_api_client_python", "whatsapp-api-client-python"), ("pika", "pika")],
@@ -98,12 +98,7 @@ def run(args: argparse.Namespace) -> int:
 def check_alternatives(
     find_spec: Callable[[str], object | None] = importlib.util.find_spec,
 ) -> None:
-    """Exit naming what to install when an alternative's script or package is missing."""
-    if not ALTERNATIVES.is_dir():
-        raise SystemExit(
-            "bridge bench compare: the alternatives are scripts in benchmarks/alternatives/ of "
-            "the bridge's repository; run it from a checkout"
-        )
+    """Exit naming what to install when an alternative's package is missing."""
     missing = [
         f"{variant} needs {dist}"
         for variant, needs in NEEDS.items()

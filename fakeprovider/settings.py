@@ -11,8 +11,9 @@ from typing import Annotated, Final, Literal
 
 import msgspec
 
+from bridge.providers.greenapi import TOGGLES
+
 __all__ = [
-    "TOGGLES",
     "GreenSettings",
     "SettingsError",
     "apply_settings",
@@ -21,25 +22,6 @@ __all__ = [
 ]
 
 YesNo = Literal["yes", "no"]
-
-TOGGLES: Final = (
-    "markIncomingMessagesReaded",
-    "markIncomingMessagesReadedOnReply",
-    "outgoingWebhook",
-    "outgoingMessageWebhook",
-    "outgoingAPIMessageWebhook",
-    "incomingWebhook",
-    "deviceWebhook",
-    "statusInstanceWebhook",
-    "stateWebhook",
-    "enableMessagesHistory",
-    "keepOnlineStatus",
-    "pollMessageWebhook",
-    "incomingBlockWebhook",
-    "incomingCallWebhook",
-    "editedMessageWebhook",
-    "deletedMessageWebhook",
-)
 
 _Delay = Annotated[int, msgspec.Meta(ge=500, le=600_000)]
 

@@ -38,12 +38,12 @@ from typing import Any, Final, TypeVar
 
 import msgspec
 
-from bridge.fake.chatapi import ChatApiConfig, ChatKind, FakeChatApi, UnknownChatApiInstance
-from bridge.fake.control import ControlError, decode_body
-from bridge.fake.evolution import FakeEvolution, UnknownEvolutionInstance
-from bridge.fake.evolution_push import RetryPolicy
-from bridge.fake.greenapi import FakeGreenApi, UnknownInstanceError
-from bridge.fake.settings import SettingsError, encode_settings
+from fakeprovider.chatapi import ChatApiConfig, ChatKind, FakeChatApi, UnknownChatApiInstance
+from fakeprovider.control import ControlError, decode_body
+from fakeprovider.evolution import FakeEvolution, UnknownEvolutionInstance
+from fakeprovider.evolution_push import RetryPolicy
+from fakeprovider.greenapi import FakeGreenApi, UnknownInstanceError
+from fakeprovider.settings import SettingsError, encode_settings
 
 __all__ = ["handle_push_control"]
 

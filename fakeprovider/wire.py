@@ -1,6 +1,6 @@
 """The fake GREEN-API's wire-level pieces, pure: request parameters, rate window, faults.
 
-:mod:`bridge.fake.greenapi` re-exports them; they live here to keep the state module short.
+:mod:`fakeprovider.greenapi` re-exports them; they live here to keep the state module short.
 """
 
 from __future__ import annotations
