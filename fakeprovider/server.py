@@ -18,6 +18,7 @@ from typing import Final
 
 import uvicorn
 
+from bridge.aio import first
 from bridge.config import split_host_port
 from bridge.httpserver import EmbeddedServer, bind
 from bridge.logs import get_logger
@@ -190,11 +191,9 @@ async def run_fake_provider(
     server = asyncio.create_task(
         serve(state, host, port, ready=ready, evolution=evolution_state, chatapi=chatapi_state)
     )
-    started = asyncio.create_task(ready.wait())
     feeder: asyncio.Task[None] | None = None
     try:
-        await asyncio.wait({server, started}, return_when=asyncio.FIRST_COMPLETED)
-        if not started.done():
+        if await first(ready, server) is server:
             await server  # it ended before listening: raise its error
             return
         logger.info(
@@ -211,7 +210,6 @@ async def run_fake_provider(
             feeder = asyncio.create_task(_feed(state, ids, samples, feed_interval))
         await server
     finally:
-        started.cancel()
         if feeder is not None:
             feeder.cancel()
         if not server.done():
