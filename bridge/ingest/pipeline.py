@@ -14,7 +14,7 @@ import time
 from bridge.amqp.publisher import Publisher
 from bridge.config import AmqpConfig, Source
 from bridge.envelope import Outbound, build, quarantine
-from bridge.errors import PayloadError
+from bridge.errors import PayloadError, PublishError
 from bridge.logs import get_logger
 from bridge.metrics import QUARANTINED, published
 from bridge.providers import KNOWN_EVENTS, REGISTRY, Parsed
@@ -145,15 +145,29 @@ class Pipeline:
         return out
 
     async def deliver_all(self, outs: list[Outbound]) -> None:
-        """Publish every message of one body; the first `PublishError` propagates once all
-        have been confirmed or refused."""
-        if len(outs) == 1:
-            await self.deliver(outs[0])
-            return
-        results = await asyncio.gather(*(self.deliver(o) for o in outs), return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+        """Publish every message of one body; once all were confirmed or refused, the first
+        `PublishError` propagates (logged here: the provider is not acknowledged)."""
+        try:
+            if len(outs) == 1:
+                await self.deliver(outs[0])
+                return
+            results = await asyncio.gather(*(self.deliver(o) for o in outs), return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+        except PublishError as exc:
+            first = outs[0]
+            log.warning(
+                "publish.failed",
+                provider=first.provider,
+                instance=first.instance,
+                event=first.event,
+                message_id=first.message_id,
+                error=type(exc).__name__,
+                detail=str(exc)[:200],
+                messages=len(outs),
+            )
+            raise
 
     async def deliver(self, out: Outbound) -> bool:
         """Publish and wait for the confirm; `PublishError` propagates. False = duplicate."""

@@ -230,15 +230,7 @@ class Poller:
         out = outs[0]
         try:
             await self._pipeline.deliver_all(outs)
-        except PublishError as exc:
-            log.warning(
-                "publish.failed",
-                **self._fields(),
-                event=out.event,
-                message_id=out.message_id,
-                error=type(exc).__name__,
-                detail=str(exc)[:200],
-            )
+        except PublishError:
             # Not deleted: the same notification returns on the next receive.
             return self._backoff.delay(0)
         try:

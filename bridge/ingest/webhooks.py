@@ -148,22 +148,11 @@ class Webhooks:
         await _answer(send, 200, _OK)
 
     async def _deliver(self, outs: list[Outbound]) -> None:
-        first = outs[0]
         try:
             await self._pipeline.deliver_all(outs)
-        except PublishError as exc:
-            log.warning(
-                "publish.failed",
-                provider=first.provider,
-                instance=first.instance,
-                event=first.event,
-                message_id=first.message_id,
-                error=type(exc).__name__,
-                detail=str(exc)[:200],
-                messages=len(outs),
-            )
+        except PublishError:
             raise Reject(503, "broker did not confirm") from None
-        acknowledged(first.provider, first.instance, "http_200").inc(len(outs))
+        acknowledged(outs[0].provider, outs[0].instance, "http_200").inc(len(outs))
 
     def _retry_headers(self) -> list[tuple[bytes, bytes]]:
         return [(b"retry-after", self._retry_after)]

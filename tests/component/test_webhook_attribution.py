@@ -12,10 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from bridge.config import load
-from bridge.ingest.pipeline import Pipeline
-from bridge.ingest.webhooks import Webhooks
-from tests.component.test_webhooks import StubPublisher
+from tests.component.test_webhooks import StubPublisher, app_of, bearer
 from tests.unit.test_providers import CHATAPI_ACK, CHATAPI_CHAT_UPDATE, EVOLUTION_ERROR, ONEMSG
 
 CONFIG = """
@@ -73,17 +70,7 @@ ENV = {
 
 
 def app(tmp_path: Path, config: str = CONFIG) -> tuple[httpx.AsyncClient, StubPublisher]:
-    path = tmp_path / "b.toml"
-    path.write_text(config)
-    settings = load(path, ENV)
-    stub = StubPublisher()
-    hooks = Webhooks(settings, Pipeline(settings.config.amqp, stub))
-    transport = httpx.ASGITransport(app=hooks, client=("10.1.2.3", 5555))
-    return httpx.AsyncClient(transport=transport, base_url="http://bridge"), stub
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
+    return app_of(tmp_path, config, ENV)
 
 
 async def test_evolution_global_error_webhook_goes_to_the_source_of_its_token(

@@ -83,9 +83,16 @@ class StubPublisher:
 def app(
     tmp_path: Path, allow: str = "[]", trusted: str = "[]"
 ) -> tuple[httpx.AsyncClient, StubPublisher]:
+    return app_of(tmp_path, CONFIG.format(allow=allow, trusted=trusted), ENV)
+
+
+def app_of(
+    tmp_path: Path, config: str, env: dict[str, str]
+) -> tuple[httpx.AsyncClient, StubPublisher]:
+    """The webhook app of a config, through httpx.ASGITransport, with a stand-in publisher."""
     path = tmp_path / "b.toml"
-    path.write_text(CONFIG.format(allow=allow, trusted=trusted))
-    settings = load(path, ENV)
+    path.write_text(config)
+    settings = load(path, env)
     stub = StubPublisher()
     hooks = Webhooks(settings, Pipeline(settings.config.amqp, stub))
     transport = httpx.ASGITransport(app=hooks, client=("10.1.2.3", 5555))
