@@ -589,7 +589,7 @@ async def test_evolution_pushes_concurrently(fakes: Fakes, receiver: Receiver) -
     for n in range(20):
         evo.enqueue(EVO, "messages.upsert", _upsert(n))
     await wait_until(lambda: evo.stats(EVO).successes == 20)
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 3.0  # one at a time: 20 x 0.2 s = 4 s
     assert evo.stats(EVO).max_in_flight > 1 and receiver.max_in_flight["/c"] > 1
 
 
@@ -728,7 +728,7 @@ async def test_stopping_the_server_stops_pushers(receiver: Receiver) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    assert time.monotonic() - started < 3 and pusher.done()
+    assert time.monotonic() - started < 8 and pusher.done()  # the receiver holds it 10 s
     assert green.instance_stats(ID).outstanding == 1  # never acknowledged
 
 

@@ -30,8 +30,11 @@ BODIES = st.one_of(
     ),
 )
 ANSWERS = st.lists(st.tuples(STATUSES, BODIES), max_size=25)
-DELETES = st.lists(st.tuples(st.sampled_from([200, 200, 500, 429, 401]), st.sampled_from(
-    [b'{"result":true}', b'{"result":false}', b"", b"oops"])), max_size=10)  # fmt: skip
+DELETE_ANSWERS = st.tuples(
+    st.sampled_from([200, 200, 500, 429, 401]),
+    st.sampled_from([b'{"result":true}', b'{"result":false}', b"", b"oops"]),
+)
+DELETES = st.lists(DELETE_ANSWERS, max_size=10)
 
 
 @settings(max_examples=120, deadline=None)
@@ -121,6 +124,105 @@ def _raise(kind: str) -> None:
     raise RuntimeError("a surprise in the transport")
 
 
+class FaultyQueue:
+    """The provider's queue (delete only the head) and the broker, faults scripted on every call.
+
+    Records what the poller did that it must never do, and which answers were permanent errors.
+    """
+
+    def __init__(
+        self, notes: list[str], receives: list[object], deletes: list[object], publishes: list[str]
+    ) -> None:
+        self.queue = [(100 + i, _body(kind, i)) for i, kind in enumerate(notes)]
+        self.order = [r for r, _ in self.queue]
+        self.receive_script, self.delete_script = list(receives), list(deletes)
+        self.publish_script = list(publishes)
+        self.confirmed: list[int] = []  # receipts, in confirm order
+        self.attempted_heads: list[tuple[int, int | None]] = []  # (receipt published, head then)
+        self.violations: list[str] = []
+        self.permanent_served: list[str] = []
+        self.in_flight = 0
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "DELETE":
+            return self._delete(int(request.url.path.rsplit("/", 1)[1]))
+        return self._receive()
+
+    def _scripted(self, method: str, action: object, passes: str) -> httpx.Response | None:
+        """The scripted fault of one call (raised or answered), or None if the call passes."""
+        if isinstance(action, str) and action != passes:
+            _raise(action)
+        if isinstance(action, tuple):
+            status, text = action
+            if status != 200 and isinstance(error_for_status(status, text), PermanentProviderError):
+                self.permanent_served.append(f"{method} {status}")
+            return httpx.Response(status, content=text)
+        return None
+
+    def _delete(self, receipt: int) -> httpx.Response:
+        action = self.delete_script.pop(0) if self.delete_script else "ok"
+        fault = self._scripted("DELETE", action, "ok")
+        if fault is not None:
+            return fault
+        if receipt not in self.confirmed:
+            self.violations.append(f"deleted {receipt} before a confirm")
+        if self.queue and self.queue[0][0] == receipt:
+            self.queue.pop(0)
+        return httpx.Response(200, content=b'{"result":true}')
+
+    def _receive(self) -> httpx.Response:
+        action = self.receive_script.pop(0) if self.receive_script else "head"
+        fault = self._scripted("GET", action, "head")
+        if fault is not None:
+            return fault
+        if not self.queue:
+            return httpx.Response(200, content=b"null")
+        receipt, body = self.queue[0]
+        if body is None:
+            return httpx.Response(200, content=b'{"receiptId":%d}' % receipt)
+        return httpx.Response(200, content=b'{"receiptId":%d,"body":%s}' % (receipt, body))
+
+    async def publish(self, out: Outbound) -> bool:
+        self.in_flight += 1
+        if self.in_flight > 1:
+            self.violations.append("two notifications of one instance in flight")
+        try:
+            amqp_frames(out)  # what the real publisher would have to send
+            receipt = int(out.headers["x-receipt-id"])
+            self.attempted_heads.append((receipt, self.queue[0][0] if self.queue else None))
+            await asyncio.sleep(0)
+            outcome = self.publish_script.pop(0) if self.publish_script else "ack"
+            if outcome == "bug":
+                raise ValueError("a bug in the publisher")
+            if outcome in FAILURES:
+                raise FAILURES[outcome]
+            self.confirmed.append(receipt)
+            return True
+        finally:
+            self.in_flight -= 1
+
+
+async def _poll_until_drained(provider: FaultyQueue) -> None:
+    """Run the poller until the queue and the scripts are used up, or a permanent error."""
+    poller, stub, _ = make(provider.handler)
+    stub.publish = provider.publish  # type: ignore[method-assign]
+    task = asyncio.create_task(poller.run())
+    async with asyncio.timeout(8):
+        while (provider.queue or provider.receive_script) and not task.done():
+            await asyncio.sleep(0.001)
+        if provider.permanent_served:
+            await task  # a permanent error stops the source by itself
+    poller.stop()
+    await asyncio.wait_for(task, 5)  # run() returns; it never raises
+    if poller.stopped_reason is not None:
+        assert provider.permanent_served, (
+            f"stopped on {poller.stopped_reason} without a permanent error"
+        )
+    else:
+        assert not provider.permanent_served
+        assert not provider.queue, "the poller gave up on a notification"
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     notes=st.lists(NOTES, max_size=8),
@@ -131,90 +233,10 @@ def _raise(kind: str) -> None:
 def test_provider_queue_with_faults_everywhere(
     notes: list[str], receives: list[object], deletes: list[object], publishes: list[str]
 ) -> None:
-    queue = [(100 + i, _body(kind, i)) for i, kind in enumerate(notes)]
-    order = [r for r, _ in queue]
-    receive_script, delete_script, publish_script = list(receives), list(deletes), list(publishes)
-    confirmed: list[int] = []  # receipts, in confirm order
-    attempted_heads: list[tuple[int, int | None]] = []  # (receipt published, head then)
-    violations: list[str] = []
-    permanent_served: list[str] = []
-    in_flight = 0
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        if request.method == "DELETE":
-            receipt = int(request.url.path.rsplit("/", 1)[1])
-            action = delete_script.pop(0) if delete_script else "ok"
-            if isinstance(action, str) and action != "ok":
-                _raise(action)
-            if isinstance(action, tuple):
-                status, text = action
-                if status != 200 and isinstance(
-                    error_for_status(status, text), PermanentProviderError
-                ):
-                    permanent_served.append(f"DELETE {status}")
-                return httpx.Response(status, content=text)
-            if receipt not in confirmed:
-                violations.append(f"deleted {receipt} before a confirm")
-            if queue and queue[0][0] == receipt:
-                queue.pop(0)
-            return httpx.Response(200, content=b'{"result":true}')
-        action = receive_script.pop(0) if receive_script else "head"
-        if isinstance(action, str) and action != "head":
-            _raise(action)
-        if isinstance(action, tuple):
-            status, text = action
-            if status != 200 and isinstance(error_for_status(status, text), PermanentProviderError):
-                permanent_served.append(f"GET {status}")
-            return httpx.Response(status, content=text)
-        if not queue:
-            return httpx.Response(200, content=b"null")
-        receipt, body = queue[0]
-        if body is None:
-            return httpx.Response(200, content=b'{"receiptId":%d}' % receipt)
-        return httpx.Response(200, content=b'{"receiptId":%d,"body":%s}' % (receipt, body))
-
-    async def go() -> None:
-        nonlocal in_flight
-        poller, stub, _ = make(handler)
-
-        async def publish(out: Outbound) -> bool:
-            nonlocal in_flight
-            in_flight += 1
-            if in_flight > 1:
-                violations.append("two notifications of one instance in flight")
-            try:
-                amqp_frames(out)  # what the real publisher would have to send
-                receipt = int(out.headers["x-receipt-id"])
-                attempted_heads.append((receipt, queue[0][0] if queue else None))
-                await asyncio.sleep(0)
-                outcome = publish_script.pop(0) if publish_script else "ack"
-                if outcome == "bug":
-                    raise ValueError("a bug in the publisher")
-                if outcome in FAILURES:
-                    raise FAILURES[outcome]
-                confirmed.append(receipt)
-                return True
-            finally:
-                in_flight -= 1
-
-        stub.publish = publish  # type: ignore[method-assign]
-        task = asyncio.create_task(poller.run())
-        async with asyncio.timeout(8):
-            while (queue or receive_script) and not task.done():
-                await asyncio.sleep(0.001)
-            if permanent_served:
-                await task  # a permanent error stops the source by itself
-        poller.stop()
-        await asyncio.wait_for(task, 5)  # run() returns; it never raises
-        if poller.stopped_reason is not None:
-            assert permanent_served, f"stopped on {poller.stopped_reason} without a permanent error"
-        else:
-            assert not permanent_served
-            assert not queue, "the poller gave up on a notification"
-
-    asyncio.run(go())
-    assert violations == []
-    for receipt, head in attempted_heads:
+    provider = FaultyQueue(notes, receives, deletes, publishes)
+    asyncio.run(_poll_until_drained(provider))
+    assert provider.violations == []
+    for receipt, head in provider.attempted_heads:
         assert receipt == head, "published something other than the head of the queue"
-    firsts = list(dict.fromkeys(confirmed))
-    assert firsts == order[: len(firsts)], "provider order not kept"
+    firsts = list(dict.fromkeys(provider.confirmed))
+    assert firsts == provider.order[: len(firsts)], "provider order not kept"

@@ -194,15 +194,17 @@ async def test_bad_payloads_are_quarantined_and_deleted(
 ) -> None:
     ident = "1101000400"
     caplog.set_level(logging.DEBUG, logger="bridge")
-    async with scenario(tmp_path, [ident]) as (fake, got, _service, names):
-        async with collector(AMQP_URL, names.invalid, declare_exchange=False) as invalid:
-            fake.state.enqueue(ident, b"{not json")
-            fake.state.enqueue(ident, b'{"no": "type"}')
-            fake.state.enqueue(ident, b'["an", "array"]')
-            fake.state.enqueue(ident, b'{"typeWebhook": "brandNewEvent", "x": 1}')
-            fake.state.enqueue(ident, b'{"typeWebhook": "brandNewEvent", "x": 2}')
-            await wait_until(lambda: fake.state.instance_stats(ident).outstanding == 0)
-            await wait_until(lambda: len(invalid.messages) >= 3 and len(got.messages) >= 2)
+    async with (
+        scenario(tmp_path, [ident]) as (fake, got, _service, names),
+        collector(AMQP_URL, names.invalid, declare_exchange=False) as invalid,
+    ):
+        fake.state.enqueue(ident, b"{not json")
+        fake.state.enqueue(ident, b'{"no": "type"}')
+        fake.state.enqueue(ident, b'["an", "array"]')
+        fake.state.enqueue(ident, b'{"typeWebhook": "brandNewEvent", "x": 1}')
+        fake.state.enqueue(ident, b'{"typeWebhook": "brandNewEvent", "x": 2}')
+        await wait_until(lambda: fake.state.instance_stats(ident).outstanding == 0)
+        await wait_until(lambda: len(invalid.messages) >= 3 and len(got.messages) >= 2)
     assert [m.routing_key for m in got.messages] == ["brandNewEvent", "brandNewEvent"]
     errors = [str(m.headers["x-error"]) for m in invalid.messages]
     assert len(errors) == 3 and all(errors)

@@ -16,7 +16,7 @@ from bridge.dedup import RecentIds
 from bridge.envelope import Outbound
 from bridge.errors import BrokerUnavailable, PublishNacked, PublishReturned, PublishTimeout
 from tests.conftest import AMQP_URL
-from tests.support.harness import Names, delete_topology
+from tests.support.harness import Names, delete_topology, wait_until
 from tests.support.tcpproxy import TcpProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -120,7 +120,7 @@ async def test_timeout_and_lost_connection_are_errors() -> None:
             with pytest.raises(PublishTimeout):
                 await pub.publish(outbound(names.exchange, "lost", mid="m1"))
             proxy.cut(hold_new=True)
-            await asyncio.sleep(0.2)
+            await wait_until(lambda: not pub.is_ready(), 10)
             assert not pub.is_ready()
             with pytest.raises(BrokerUnavailable):
                 await pub.publish(outbound(names.exchange, "down", mid="m2"))

@@ -20,9 +20,9 @@ _ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:  # when pytest runs without pythonpath = ["."]
     sys.path.insert(0, _ROOT)
 
-from bridge.amqp.connection import open_connection  # noqa: E402
-from tests.support.rabbitnode import RabbitNode, own_rabbit  # noqa: E402, F401
-from tests.support.tcpproxy import TcpProxy  # noqa: E402
+from bridge.amqp.connection import open_connection  # noqa: E402 - after the sys.path line
+from tests.support.rabbitnode import RabbitNode, own_rabbit  # noqa: E402, F401 - own_rabbit: a fixture
+from tests.support.tcpproxy import TcpProxy  # noqa: E402 - after the sys.path line
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -31,7 +31,7 @@ CONNECT_ERRORS = (aio_pika.exceptions.AMQPConnectionError, ConnectionError, OSEr
 
 
 @pytest.fixture
-async def rabbit(own_rabbit: RabbitNode) -> AsyncIterator[RabbitNode]:  # noqa: F811
+async def rabbit(own_rabbit: RabbitNode) -> AsyncIterator[RabbitNode]:  # noqa: F811 - the fixture, by name
     """The session's private node, brought back up after each test whatever it did to it."""
     yield own_rabbit
     await asyncio.to_thread(own_rabbit.ensure_running)

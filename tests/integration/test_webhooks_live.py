@@ -137,7 +137,7 @@ async def test_slow_headers_are_cut_off(tmp_path: Path) -> None:
         started = time.monotonic()
         answer = await asyncio.wait_for(reader.read(), 5)  # read until the server closes
         assert answer.startswith(b"HTTP/1.1 408")
-        assert 0.5 < time.monotonic() - started < 3
+        assert 0.5 < time.monotonic() - started < 4.5  # header_timeout = 1
         writer.close()
         # an idle connection that never sends a byte is closed too
         reader, writer = await asyncio.open_connection("127.0.0.1", port)

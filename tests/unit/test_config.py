@@ -1,10 +1,15 @@
+"""The configuration: the file, `BRIDGE_…` overrides, and the message of every refusal
+(secrets and masking: test_config_secrets.py)."""
+
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bridge.config import Secret, dump, load, mask_url
+from bridge.config import Config, load
 from bridge.errors import ConfigError
 from tests.conftest import DEMO_ENV
 
@@ -18,6 +23,14 @@ token_env = "TOKEN_1"
 receive_timeout = 20
 """
 ENV = {"TOKEN_1": "s3cr3t-token-value"}
+WEBHOOK = """
+[[sources]]
+provider = "evolution"
+mode = "webhook"
+instance = "demo-bot"
+webhook_token_env = "HOOK"
+"""
+HOOK_ENV = {"HOOK": "hook-token"}
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -125,6 +138,93 @@ def test_env_overrides(tmp_path: Path) -> None:
         ("not toml [", {}, "invalid TOML"),
         ("[lease]\ninterval = 2\nsettle = 3\n", {}, r"lease\.settle: must be more than twice"),
         ("[lease]\nheartbeat = 0\n", {}, r"lease\.heartbeat"),
+        # every refusal of the checks after msgspec, by its whole message
+        (
+            POLL.replace('instance = "1101000001"', 'instance = " "'),
+            ENV,
+            r"^sources\[0\]\.instance: must not be empty$",
+        ),
+        (
+            WEBHOOK.replace('instance = "demo-bot"', 'instance = ""'),
+            HOOK_ENV,
+            r"^sources\[0\]\.instance: must not be empty$",
+        ),
+        (
+            POLL.replace('provider = "greenapi"', 'provider = "chatapi"'),
+            ENV,
+            r"^sources\[0\]\.mode: 'poll' works only with provider 'greenapi'$",
+        ),
+        (
+            POLL.replace('api_url = "https://1101.api.greenapi.com"', 'api_url = ""'),
+            ENV,
+            r"^sources\[0\]\.api_url: required for mode 'poll'$",
+        ),
+        (
+            POLL.replace('api_url = "https://1101', 'api_url = "1101'),
+            ENV,
+            r"^sources\[0\]\.api_url: must be an http\(s\) URL$",
+        ),
+        (
+            POLL.replace('instance = "1101000001"', 'instance = "11010-1"'),
+            ENV,
+            r"^sources\[0\]\.instance: a GREEN-API idInstance is digits only$",
+        ),
+        (
+            WEBHOOK.replace('"evolution"', '"greenapi"'),
+            HOOK_ENV,
+            r"^sources\[0\]\.instance: a GREEN-API idInstance is digits only$",
+        ),
+        (
+            POLL + 'token_file = "/run/secrets/token"\n',
+            ENV,
+            r"^sources\[0\]: set exactly one of token_env or token_file$",
+        ),
+        (
+            POLL + POLL.replace('"1101000001"', '"1101000002"') + POLL,
+            ENV,
+            r"^sources\[2\]: duplicate source greenapi:1101000001$",
+        ),
+        (
+            WEBHOOK + 'routing_key = "{provider}.{who}.{event}.{what}"\n',
+            HOOK_ENV,
+            r"^sources\[0\]\.routing_key: unknown placeholder what, who$",
+        ),
+        *(
+            (
+                f'[http]\nlisten = "{listen}"\n',
+                {},
+                rf"^http\.listen: must be HOST:PORT, got '{re.escape(listen)}'$",
+            )
+            for listen in ("8080", ":8080", "0.0.0.0:", "0.0.0.0:http", "0.0.0.0:65536")
+        ),
+        (
+            '[http]\nallow_ips = ["10.0.0.0/8", "2001:db8::/32", "example.com"]\n',
+            {},
+            r"^http\.allow_ips\[2\]: not an IP address or network: 'example\.com'$",
+        ),
+        (
+            '[http]\ntrusted_proxies = ["10.0.0.1/33"]\n',
+            {},
+            r"^http\.trusted_proxies\[0\]: not an IP address or network: '10\.0\.0\.1/33'$",
+        ),
+        (
+            "[lease]\ninterval = 1.5\nsettle = 3\n",
+            {},
+            r"^lease\.settle: must be more than twice lease\.interval \(3 s\)$",
+        ),
+        # the refusals msgspec words, with the key path in front
+        (
+            "[http]\nmax_body_bytes = 10\n",
+            {},
+            r"^http\.max_body_bytes: Expected `int` >= 1024$",
+        ),
+        ("amqp = 1\n", {}, r"^amqp: Expected `object`, got `int`$"),
+        (
+            "[[sources]]\nprovider = 'evolution'\ninstance = 'x'\n",
+            {},
+            r"^sources\[0\]\.mode: required key missing$",
+        ),
+        ("colour = 1\n", {}, r"\bcolour\b"),
     ],
 )
 def test_invalid_config_names_the_key(
@@ -146,21 +246,106 @@ def test_missing_file() -> None:
         load("/nonexistent/bridge.toml", {})
 
 
-def test_dump_masks_password() -> None:
-    settings = load(None, {"BRIDGE_AMQP__URL": "amqp://user:hunter2@host:5672/"})
-    assert "hunter2" not in str(dump(settings))
-    assert mask_url("amqp://user:pw@h/") == "amqp://user:***@h/"
-    assert mask_url("amqp://h/") == "amqp://h/"
-
-
-def test_secret_equality_and_hash() -> None:
-    assert Secret("a") == Secret("a")
-    assert hash(Secret("a")) == hash(Secret("a"))
-
-
 def test_broker_only_tools_need_no_provider_secrets(tmp_path: Path) -> None:
     settings = load(write(tmp_path, POLL), {}, secrets=False)
     assert settings.config.sources[0].instance == "1101000001"
     assert settings.tokens == {}
     with pytest.raises(ConfigError, match="TOKEN_1"):
         load(write(tmp_path, POLL), {})
+
+
+@pytest.mark.xfail(
+    reason="a top-level unknown key keeps msgspec's wording (Object contains unknown field …):"
+    " _describe looks for a path suffix msgspec does not add at the root",
+    raises=AssertionError,
+)
+def test_an_unknown_top_level_key_is_named_like_a_nested_one(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(write(tmp_path, "colour = 1\n"), {})
+    assert str(caught.value) == "colour: unknown key"
+
+
+# -- BRIDGE_… environment overrides ---------------------------------------------------------
+
+
+def _at(config: Config, path: str) -> Any:
+    node: Any = config
+    for part in path.split("."):
+        node = node[int(part)] if part.isdigit() else getattr(node, part)
+    return node
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "path", "value"),
+    [
+        # a section absent from the file is created
+        ("", {"BRIDGE_LEASE__SETTLE": "9"}, "lease.settle", 9.0),
+        # names are case-insensitive below the prefix
+        ("", {"BRIDGE_Log__Level": "debug"}, "log.level", "debug"),
+        # a key in a section the file has
+        ("[amqp]\nexchange = 'a'\n", {"BRIDGE_AMQP__EXCHANGE": "b"}, "amqp.exchange", "b"),
+        # a list item's key, by index
+        (
+            POLL + POLL.replace("1101000001", "1101000002"),
+            {"BRIDGE_SOURCES__1__INSTANCE": "1101000003"},
+            "sources.1.instance",
+            "1101000003",
+        ),
+        # one item of a list of strings
+        (
+            "[http]\nallow_ips = ['10.0.0.1']\n",
+            {"BRIDGE_HTTP__ALLOW_IPS__0": "192.0.2.0/24"},
+            "http.allow_ips.0",
+            "192.0.2.0/24",
+        ),
+        # variables outside the prefix, or without a level, are not overrides
+        (
+            "",
+            {"AMQP__URL": "amqp://other/", "BRIDGE_AMQP": "x", "BRIDGE_TEST_URL": "x"},
+            "amqp.url",
+            "amqp://guest:guest@127.0.0.1:5672/",
+        ),
+    ],
+)
+def test_env_override_sets_the_key(
+    tmp_path: Path, text: str, env: dict[str, str], path: str, value: object
+) -> None:
+    assert _at(load(write(tmp_path, text), {**ENV, **env}).config, path) == value
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "message"),
+    [
+        ("", {"BRIDGE_AMQP____URL": "x"}, r"^BRIDGE_AMQP____URL: empty key segment$"),
+        ("", {"BRIDGE_AMQP__URL__": "x"}, r"^BRIDGE_AMQP__URL__: empty key segment$"),
+        (
+            "",
+            {"BRIDGE_SOURCES__0__API_URL": "x"},
+            r"^BRIDGE_SOURCES__0__API_URL: no list 'sources' in the config file$",
+        ),
+        (
+            POLL,
+            {"BRIDGE_SOURCES__1__API_URL": "x"},
+            r"^BRIDGE_SOURCES__1__API_URL: no list item '1'$",
+        ),
+        (
+            POLL,
+            {"BRIDGE_SOURCES__FIRST__API_URL": "x"},
+            r"^BRIDGE_SOURCES__FIRST__API_URL: no list item 'first'$",
+        ),
+        (
+            "[amqp]\nurl = 'amqp://h/'\n",
+            {"BRIDGE_AMQP__URL__HOST": "x"},
+            r"^BRIDGE_AMQP__URL__HOST: amqp\.url is not a table$",
+        ),
+        # a whole list item replaced by a string: msgspec refuses it, by path
+        (POLL, {"BRIDGE_SOURCES__0": "x"}, r"^sources\[0\]: Expected `object`, got `str`$"),
+        # an override is a string; msgspec converts it where the key's type allows
+        ("", {"BRIDGE_AMQP__HEARTBEAT": "often"}, r"^amqp\.heartbeat: Expected `int`, got `str`$"),
+    ],
+)
+def test_bad_env_override_is_refused_by_name(
+    tmp_path: Path, text: str, env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load(write(tmp_path, text), {**ENV, **env})
