@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Final, get_args
+from typing import Final
 
-from bridge.config import Provider
+#: The providers `bridge simulate` can imitate.
+SIMULATED: Final = ("greenapi", "evolution", "chatapi")
 
 __all__ = [
     "DEAD_LETTER",
@@ -80,7 +81,7 @@ def fake_provider(parser: argparse.ArgumentParser) -> None:
 
 def simulate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", required=True, help="the bridge's base URL, e.g. http://h:8080")
-    parser.add_argument("--provider", required=True, choices=get_args(Provider))
+    parser.add_argument("--provider", required=True, choices=SIMULATED)
     parser.add_argument(
         "--count", type=int, default=None, help="requests in all, cycling (default: one each)"
     )

@@ -19,9 +19,9 @@ import msgspec
 from msgspec import Meta, Struct
 
 from bridge.errors import ConfigError
+from bridge.providers import REGISTRY
 
 ENV_PREFIX = "BRIDGE_"
-Provider = Literal["greenapi", "evolution", "chatapi"]
 Mode = Literal["poll", "webhook"]
 PositiveFloat = Annotated[float, Meta(gt=0)]
 
@@ -102,7 +102,7 @@ class LogConfig(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
 
 
 class Source(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    provider: Provider
+    provider: str  # a name in bridge.providers.REGISTRY
     mode: Mode
     instance: str
     api_url: str | None = None
@@ -213,19 +213,18 @@ def apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
 
 def _describe(exc: msgspec.ValidationError) -> str:
     message = str(exc)
-    text, _, where = message.rpartition(" - at `")
-    if not text:
-        return message
-    key = where.rstrip("`").removeprefix("$").lstrip(".") or "(top level)"
+    text, sep, where = message.rpartition(" - at `")
+    if not sep:  # msgspec names no path for the top level
+        text, where = message, "$`"
+    key = where.rstrip("`").removeprefix("$").lstrip(".")
+    prefix = f"{key}." if key else ""
     unknown = re.match(r"Object contains unknown field `(?P<f>[^`]+)`", text)
     if unknown:
-        prefix = f"{key}." if key != "(top level)" else ""
         return f"{prefix}{unknown['f']}: unknown key"
     missing = re.match(r"Object missing required field `(?P<f>[^`]+)`", text)
     if missing:
-        prefix = f"{key}." if key != "(top level)" else ""
         return f"{prefix}{missing['f']}: required key missing"
-    return f"{key}: {text}"
+    return f"{key or '(top level)'}: {text}"
 
 
 def _check(config: Config) -> None:
@@ -235,25 +234,33 @@ def _check(config: Config) -> None:
         if src.name in seen:
             raise ConfigError(f"{at}: duplicate source {src.name}")
         seen.add(src.name)
-        if not src.instance.strip():
-            raise ConfigError(f"{at}.instance: must not be empty")
-        if src.mode == "poll":
-            if src.provider != "greenapi":
-                raise ConfigError(f"{at}.mode: 'poll' works only with provider 'greenapi'")
-            if not src.api_url:
-                raise ConfigError(f"{at}.api_url: required for mode 'poll'")
-            if urlsplit(src.api_url).scheme not in ("http", "https"):
-                raise ConfigError(f"{at}.api_url: must be an http(s) URL")
-            if not src.instance.isdigit():
-                raise ConfigError(f"{at}.instance: a GREEN-API idInstance is digits only")
-            if (src.token_env is None) == (src.token_file is None):
-                raise ConfigError(f"{at}: set exactly one of token_env or token_file")
-        if src.mode == "webhook" and src.provider == "greenapi" and not src.instance.isdigit():
-            raise ConfigError(f"{at}.instance: a GREEN-API idInstance is digits only")
-        fields = set(re.findall(r"{([^{}]*)}", src.routing_key))
-        if not fields <= _TEMPLATE_FIELDS:
-            bad = ", ".join(sorted(fields - _TEMPLATE_FIELDS))
-            raise ConfigError(f"{at}.routing_key: unknown placeholder {bad}")
+        _check_source(at, src)
+
+
+def _check_source(at: str, src: Source) -> None:
+    adapter = REGISTRY.get(src.provider)
+    if adapter is None:
+        known = ", ".join(REGISTRY)
+        raise ConfigError(f"{at}.provider: unknown provider {src.provider!r} (one of {known})")
+    if not src.instance.strip():
+        raise ConfigError(f"{at}.instance: must not be empty")
+    if src.mode == "poll":
+        if not adapter.polls:
+            pollers = " or ".join(repr(name) for name, a in REGISTRY.items() if a.polls)
+            raise ConfigError(f"{at}.mode: 'poll' works only with provider {pollers}")
+        if not src.api_url:
+            raise ConfigError(f"{at}.api_url: required for mode 'poll'")
+        if urlsplit(src.api_url).scheme not in ("http", "https"):
+            raise ConfigError(f"{at}.api_url: must be an http(s) URL")
+    problem = adapter.check_instance(src.instance)
+    if problem is not None:
+        raise ConfigError(f"{at}.instance: {problem}")
+    if src.mode == "poll" and (src.token_env is None) == (src.token_file is None):
+        raise ConfigError(f"{at}: set exactly one of token_env or token_file")
+    fields = set(re.findall(r"{([^{}]*)}", src.routing_key))
+    if not fields <= _TEMPLATE_FIELDS:
+        bad = ", ".join(sorted(fields - _TEMPLATE_FIELDS))
+        raise ConfigError(f"{at}.routing_key: unknown placeholder {bad}")
 
 
 def split_host_port(text: str) -> tuple[str, int]:

@@ -53,6 +53,11 @@ def unchanged(body: bytes) -> bytes:
     return body
 
 
+def any_instance(instance: str) -> str | None:
+    """Every non-empty instance name is valid."""
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Adapter:
     """One provider, as the ingest layer sees it."""
@@ -64,6 +69,10 @@ class Adapter:
     path: PathRule = "ignored"
     #: a webhook token may also come as `?token=…` (for gateways that cannot send headers)
     query_token: bool = False
+    #: the provider has a queue the bridge polls (`mode = "poll"`)
+    polls: bool = False
+    #: what is wrong with a configured instance name, or None (config validation)
+    check_instance: Callable[[str], str | None] = any_instance
 
 
 def text_id(value: object) -> str | None:

@@ -250,4 +250,15 @@ TOGGLES = (
 )
 
 
-ADAPTER = Adapter(name=PROVIDER, known_events=KNOWN_EVENTS, parse=parse, path="instance")
+def check_instance(instance: str) -> str | None:
+    return None if instance.isdigit() else "a GREEN-API idInstance is digits only"
+
+
+ADAPTER = Adapter(
+    name=PROVIDER,
+    known_events=KNOWN_EVENTS,
+    parse=parse,
+    path="instance",
+    polls=True,
+    check_instance=check_instance,
+)

@@ -254,11 +254,6 @@ def test_broker_only_tools_need_no_provider_secrets(tmp_path: Path) -> None:
         load(write(tmp_path, POLL), {})
 
 
-@pytest.mark.xfail(
-    reason="a top-level unknown key keeps msgspec's wording (Object contains unknown field …):"
-    " _describe looks for a path suffix msgspec does not add at the root",
-    raises=AssertionError,
-)
 def test_an_unknown_top_level_key_is_named_like_a_nested_one(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load(write(tmp_path, "colour = 1\n"), {})

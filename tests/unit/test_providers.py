@@ -7,12 +7,13 @@ files in `bridge/data/samples/` are covered too.
 from __future__ import annotations
 
 import json
-from typing import get_args
+from pathlib import Path
 
 import pytest
 
-from bridge.config import Provider
-from bridge.errors import PayloadError
+from bridge.arguments import SIMULATED
+from bridge.config import load
+from bridge.errors import ConfigError, PayloadError
 from bridge.providers import KNOWN_EVENTS, REGISTRY, chatapi, evolution, greenapi
 from bridge.providers.base import text_id, unchanged
 from tests.conftest import SAMPLES
@@ -73,7 +74,7 @@ ONEMSG = (
 
 
 def test_the_registry_names_every_configurable_provider() -> None:
-    assert set(REGISTRY) == set(get_args(Provider))
+    assert set(REGISTRY) == set(SIMULATED)  # bridge simulate imitates each of them
     assert all(name == adapter.name for name, adapter in REGISTRY.items())
     assert KNOWN_EVENTS == greenapi.KNOWN_EVENTS | evolution.KNOWN_EVENTS | chatapi.KNOWN_EVENTS
 
@@ -284,3 +285,33 @@ def test_chatapi_status_body_without_arrays_is_one_status_message() -> None:
 def test_adapters_default_to_unchanged_quarantine_bodies() -> None:
     assert REGISTRY["greenapi"].clean is unchanged and REGISTRY["chatapi"].clean is unchanged
     assert unchanged(b"x") == b"x"
+
+
+def test_config_takes_its_providers_from_the_registry(tmp_path: Path) -> None:
+    path = tmp_path / "b.toml"
+    path.write_text('[[sources]]\nprovider = "nope"\nmode = "webhook"\ninstance = "x"\n')
+    with pytest.raises(ConfigError) as caught:
+        load(path, {})
+    assert str(caught.value) == (
+        "sources[0].provider: unknown provider 'nope' (one of greenapi, evolution, chatapi)"
+    )
+    for name, adapter in REGISTRY.items():
+        instance = "1" if adapter.check_instance("x") else "x"
+        path.write_text(
+            f'[[sources]]\nprovider = "{name}"\nmode = "webhook"\ninstance = "{instance}"\n'
+        )
+        assert load(path, {}).config.sources[0].provider == name
+
+
+@pytest.mark.parametrize(
+    ("event", "config", "suffix"),
+    [
+        ("messages.upsert", "MESSAGES_UPSERT", "messages-upsert"),
+        ("group-participants.update", "GROUP_PARTICIPANTS_UPDATE", "group-participants-update"),
+        ("messaging-history.set", "MESSAGING_HISTORY_SET", "messaging-history-set"),
+        ("typebot.change-status", "TYPEBOT_CHANGE_STATUS", "typebot-change-status"),
+    ],
+)
+def test_evolution_event_spellings(event: str, config: str, suffix: str) -> None:
+    assert evolution.config_name(event) == config
+    assert evolution.url_suffix(event) == suffix
