@@ -5,6 +5,7 @@ exit.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 from collections.abc import Awaitable, Iterable
 from types import TracebackType
@@ -68,7 +69,7 @@ async def finish(tasks: Iterable[asyncio.Task[Any]], timeout: float) -> None:
     await asyncio.gather(*pending, return_exceptions=True)
 
 
-class Background:
+class Background(abc.ABC):
     """A component whose `run()` loop lasts until `close()`, as an async context manager:
     entering starts `run()` in a task; leaving calls `close()` and gives the task
     `stop_timeout` seconds to end (then cancels it). `failed()` waits for the loop's end and
@@ -78,11 +79,13 @@ class Background:
     stop_timeout: float = STOP_TIMEOUT
     _task: asyncio.Task[None] | None = None
 
+    @abc.abstractmethod
     async def run(self) -> None:
-        raise NotImplementedError
+        """The component's loop, until `close()`."""
 
+    @abc.abstractmethod
     async def close(self) -> None:
-        raise NotImplementedError
+        """Ask `run()` to end."""
 
     async def __aenter__(self) -> Self:
         if self._task is not None:
