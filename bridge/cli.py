@@ -111,6 +111,7 @@ def _setup_logging(args: argparse.Namespace, settings: Settings | None) -> logs.
     if settings is not None:
         secrets += [s.reveal() for s in settings.tokens.values()]
         secrets += [s.reveal() for s in settings.webhook_tokens.values()]
+        secrets += [s.reveal() for s in settings.hmac_keys.values()]
         password = urlsplit(settings.config.amqp.url).password
         if password:
             secrets.append(password)

@@ -112,6 +112,8 @@ class Source(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     webhook_token_env: str | None = None
     webhook_token_file: str | None = None
     webhook_header: str = "authorization"
+    hmac_key_env: str | None = None  # the key the provider signs its webhooks with (WAHA)
+    hmac_key_file: str | None = None
     routing_key: str = "{event}"
     exchange: str | None = None
 
@@ -135,12 +137,15 @@ class Settings(Struct, frozen=True, kw_only=True):
     config: Config
     tokens: Mapping[str, Secret]  # source name -> API token (polling)
     webhook_tokens: Mapping[str, Secret]  # source name -> webhook token
+    hmac_keys: Mapping[str, Secret] = msgspec.field(default_factory=dict)  # -> signing key
 
     def token(self, source: Source) -> Secret:
         return self.tokens[source.name]
 
 
 _URL_SAFE = re.compile(r"[A-Za-z0-9._~-]+")
+#: Signing keys that ship in providers' examples and defaults: anyone can forge with them.
+WELL_KNOWN_KEYS = frozenset({"secret", "evolution", "changeme", "my-secret-key", "hmac", "key"})
 _TEMPLATE_FIELDS = frozenset({"provider", "instance", "event"})
 
 
@@ -178,6 +183,7 @@ def load(
         config=config,
         tokens=_resolve(config, env, "token"),
         webhook_tokens=_resolve(config, env, "webhook_token"),
+        hmac_keys=_resolve(config, env, "hmac_key"),
     )
 
 
@@ -252,6 +258,8 @@ def _check_source(at: str, src: Source) -> None:
             raise ConfigError(f"{at}.api_url: required for mode 'poll'")
         if urlsplit(src.api_url).scheme not in ("http", "https"):
             raise ConfigError(f"{at}.api_url: must be an http(s) URL")
+    if adapter.signature is None and (src.hmac_key_env or src.hmac_key_file):
+        raise ConfigError(f"{at}.hmac_key_env: {src.provider} does not sign its webhooks")
     problem = adapter.check_instance(src.instance)
     if problem is not None:
         raise ConfigError(f"{at}.instance: {problem}")
@@ -321,6 +329,11 @@ def _resolve(config: Config, env: Mapping[str, str], kind: str) -> dict[str, Sec
         if kind == "token" and not _URL_SAFE.fullmatch(value):
             raise ConfigError(
                 f"sources[{i}].{kind}: the token has characters a URL path cannot carry"
+            )
+        if kind == "hmac_key" and value.lower() in WELL_KNOWN_KEYS:
+            raise ConfigError(
+                f"sources[{i}].{kind}: a well-known default key, anyone can sign with it"
+                " (use a long random one)"
             )
         out[src.name] = Secret(value)
     return out

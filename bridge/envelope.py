@@ -84,6 +84,8 @@ def build(
         headers["x-chat-id"] = classified.chat_id[:MAX_HEADER_CHARS]
     if classified.message_key:
         headers["x-message-key"] = classified.message_key[:MAX_HEADER_CHARS]
+    for name, value in classified.headers:
+        headers[name] = value[:MAX_HEADER_CHARS]
     return Outbound(
         exchange=exchange,
         routing_key=routing_key,

@@ -17,6 +17,7 @@ class Classified(NamedTuple):
     chat_id: str | None = None
     message_key: str | None = None  # provider-level id for business dedup
     known: bool = True
+    headers: tuple[tuple[str, str], ...] = ()  # the provider's own, e.g. ("x-event-id", …)
 
 
 def routing_key(template: str, *, provider: str, instance: str, event: str) -> str:

@@ -1,8 +1,10 @@
 """Who may post a webhook: credentials and client addresses (pure).
 
 A source's `Credential` is its token and where a request carries it: the source's header, as
-`Bearer <token>` or bare, and, where the provider allows it, `?token=`. Tokens are compared in
-constant time, as bytes. A source without a token takes unauthenticated webhooks.
+`Bearer <token>` or bare, and, where the provider allows it, `?token=`; and, for providers that
+sign their webhooks (WAHA), the HMAC of the raw body with the source's key, in the provider's
+header. Both are compared in constant time, as bytes; a source with both needs both. A source
+with neither takes unauthenticated webhooks.
 
 `Addresses` is `http.allow_ips` with `X-Forwarded-For` believed only from `http.trusted_proxies`:
 the client is the right-most hop that is not a trusted proxy.
@@ -16,16 +18,29 @@ from collections.abc import Iterable, Sequence
 from typing import NamedTuple, TypeVar
 from urllib.parse import parse_qs
 
+from bridge.providers.base import SignatureScheme
+
 Headers = Iterable[tuple[bytes, bytes]]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 T = TypeVar("T")
 
 
+class Signature(NamedTuple):
+    key: bytes
+    scheme: SignatureScheme
+
+
 class Credential(NamedTuple):
-    token: bytes | None  # None: the source takes unauthenticated webhooks
+    token: bytes | None  # None: no token asked for
     header: bytes = b"authorization"  # lower case, as ASGI gives header names
     query: bool = False  # `?token=` accepted too
+    signature: Signature | None = None  # None: no signature asked for
+
+    @property
+    def open(self) -> bool:
+        """The source takes unauthenticated webhooks."""
+        return self.token is None and self.signature is None
 
 
 class Request(NamedTuple):
@@ -70,22 +85,43 @@ def presented(credential: Credential, request: Request) -> bytes | None:
     return token
 
 
-def accepts(credential: Credential, request: Request) -> bool:
-    """Whether the request carries the credential (any request, for a source without one)."""
-    if credential.token is None:
-        return True
-    token = presented(credential, request)
-    return token is not None and hmac.compare_digest(token, credential.token)
+def signed(signature: Signature, request: Request, body: bytes) -> bool:
+    """Whether the request's signature header holds the HMAC of `body` with the key."""
+    scheme = signature.scheme
+    if scheme.algorithm_header is not None:
+        named = header(request.headers, scheme.algorithm_header)
+        if named is not None and named.strip().lower() != scheme.digest.encode():
+            return False
+    given = header(request.headers, scheme.header)
+    if given is None:
+        return False
+    given = given.strip().lower()
+    if not given.startswith(scheme.prefix):
+        return False
+    expected = hmac.new(signature.key, body, scheme.digest).hexdigest().encode()
+    return hmac.compare_digest(given[len(scheme.prefix) :], expected)
 
 
-def attribute(sources: Sequence[tuple[T, Credential]], request: Request) -> list[T]:
+def accepts(credential: Credential, request: Request, body: bytes | None = None) -> bool:
+    """Whether the request carries the credential. The signature, if the source asks for one,
+    is checked only once the body is there (`body` given)."""
+    if credential.token is not None:
+        token = presented(credential, request)
+        if token is None or not hmac.compare_digest(token, credential.token):
+            return False
+    if credential.signature is not None and body is not None:
+        return signed(credential.signature, request, body)
+    return True
+
+
+def attribute(sources: Sequence[tuple[T, Credential]], request: Request, body: bytes) -> list[T]:
     """The sources whose credentials the request carries, for a body that names no instance.
 
-    A source without a token matches nothing here unless it is the provider's only source:
+    A source without credentials matches nothing here unless it is the provider's only source:
     an open source must not swallow every body that names no instance.
     """
-    found = [s for s, cred in sources if cred.token is not None and accepts(cred, request)]
-    if not found and len(sources) == 1 and sources[0][1].token is None:
+    found = [s for s, cred in sources if not cred.open and accepts(cred, request, body)]
+    if not found and len(sources) == 1 and sources[0][1].open:
         found = [sources[0][0]]
     return found
 

@@ -28,7 +28,15 @@ from bridge.asgi import answer as _answer
 from bridge.config import HttpConfig, Settings, Source
 from bridge.envelope import Outbound
 from bridge.errors import PayloadError, PublishError
-from bridge.ingest.access import Addresses, Credential, Request, accepts, attribute, header
+from bridge.ingest.access import (
+    Addresses,
+    Credential,
+    Request,
+    Signature,
+    accepts,
+    attribute,
+    header,
+)
 from bridge.ingest.pipeline import Pipeline
 from bridge.logs import get_logger
 from bridge.metrics import REGISTRY as METRICS
@@ -75,11 +83,18 @@ class Webhooks:
             if source.mode != "webhook":
                 continue
             secret = settings.webhook_tokens.get(source.name)
+            key = settings.hmac_keys.get(source.name)
             route = self._routes[source.provider]
+            scheme = route.adapter.signature
             credential = Credential(
                 token=secret.reveal().encode() if secret is not None else None,
                 header=source.webhook_header.lower().encode(),
                 query=route.adapter.query_token,
+                signature=(
+                    Signature(key.reveal().encode(), scheme)
+                    if key is not None and scheme is not None
+                    else None
+                ),
             )
             route.add(Hook(source, credential))
         self._addresses = Addresses(self._http.allow_ips, self._http.trusted_proxies)
@@ -90,7 +105,7 @@ class Webhooks:
             hook.source.name
             for route in self._routes.values()
             for hook in route.hooks.values()
-            if hook.credential.token is None
+            if hook.credential.open
         ]
 
     # -- ASGI entry ----------------------------------------------------------------------
@@ -180,27 +195,33 @@ class Webhooks:
         if hook is None:
             named = parsed.instance if parsed is not None else None
             if named is not None:
-                hook = self._lookup(route, named, request)
+                hook = self._lookup(route, named, request, body)
             else:
-                hook, error = self._attribute(route, request, error)
+                hook, error = self._attribute(route, request, body, error)
+        elif hook.credential.signature is not None and not accepts(hook.credential, request, body):
+            raise Reject(401, "bad or missing credentials")  # the path's source: its signature
         source = hook.source
         received(source.provider, source.instance, "webhook").inc()
         if error:
             return [self._pipeline.quarantine(source, adapter.clean(body), error, ingest="webhook")]
         return self._pipeline.messages(source, body, ingest="webhook", parsed=parsed)
 
-    def _lookup(self, route: Route, instance: str, request: Request) -> Hook:
+    def _lookup(
+        self, route: Route, instance: str, request: Request, body: bytes | None = None
+    ) -> Hook:
         hook = route.hooks.get(instance)
         if hook is None:
             raise Reject(404, "unknown instance")
-        if not accepts(hook.credential, request):
+        if not accepts(hook.credential, request, body):
             raise Reject(401, "bad or missing credentials")
         return hook
 
-    def _attribute(self, route: Route, request: Request, error: str) -> tuple[Hook, str]:
+    def _attribute(
+        self, route: Route, request: Request, body: bytes, error: str
+    ) -> tuple[Hook, str]:
         """The source of a body that names no instance: the one whose credentials it carries.
         Several: the body is quarantined (under the first), since no single source can be told."""
-        found = attribute(route.credentials, request)
+        found = attribute(route.credentials, request, body)
         if not found:
             raise Reject(401, "bad or missing credentials")
         if len(found) > 1 and not error:

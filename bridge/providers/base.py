@@ -49,6 +49,15 @@ class Parsed(NamedTuple):
 PathRule = Literal["instance", "ignored"]
 
 
+class SignatureScheme(NamedTuple):
+    """How a provider signs a webhook: an HMAC of the raw body, hex, in a header."""
+
+    header: bytes  # lower case, as ASGI gives header names
+    digest: str  # a hashlib name: "sha512", "sha256"
+    prefix: bytes = b""  # before the hex digits ("sha256=" for Meta)
+    algorithm_header: bytes | None = None  # when sent, it must name `digest`
+
+
 def unchanged(body: bytes) -> bytes:
     return body
 
@@ -73,6 +82,8 @@ class Adapter:
     polls: bool = False
     #: what is wrong with a configured instance name, or None (config validation)
     check_instance: Callable[[str], str | None] = any_instance
+    #: how the provider signs its webhooks with a source's `hmac_key`, if it does
+    signature: SignatureScheme | None = None
 
 
 def text_id(value: object) -> str | None:
