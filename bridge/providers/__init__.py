@@ -6,11 +6,12 @@ Adding a provider is a module implementing `bridge.providers.base.Adapter` and o
 
 from __future__ import annotations
 
-from bridge.providers import chatapi, evolution, greenapi
+from bridge.providers import chatapi, evolution, greenapi, waha
 from bridge.providers.base import DECODE_ERRORS, Adapter, Item, Parsed
 
 REGISTRY: dict[str, Adapter] = {
-    adapter.name: adapter for adapter in (greenapi.ADAPTER, evolution.ADAPTER, chatapi.ADAPTER)
+    adapter.name: adapter
+    for adapter in (greenapi.ADAPTER, evolution.ADAPTER, chatapi.ADAPTER, waha.ADAPTER)
 }
 
 #: Events that get their own metric label: every documented one of every provider.

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import hmac
+
 import pytest
 
 from bridge.ingest.access import (
     Addresses,
     Credential,
     Request,
+    Signature,
     accepts,
     attribute,
     bearer,
     header,
     presented,
     query_token,
+    signed,
 )
+from bridge.providers.base import SignatureScheme
 
 TOKEN = b"s3cret-token"
 
@@ -112,7 +117,7 @@ def test_attribute(
     headers: list[tuple[bytes, bytes]],
     attributed: list[str],
 ) -> None:
-    assert attribute(sources, Request(headers)) == attributed
+    assert attribute(sources, Request(headers), b"{}") == attributed
 
 
 # (allow, trusted, client, x-forwarded-for, allowed)
@@ -145,3 +150,30 @@ def test_addresses(
 def test_addresses_without_an_allow_list_are_off() -> None:
     assert not Addresses([])
     assert Addresses(["0.0.0.0/0"])
+
+
+PREFIXED = SignatureScheme(header=b"x-hub-signature-256", digest="sha256", prefix=b"sha256=")
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        (b"sha256=" + hmac.new(b"k", b"{}", "sha256").hexdigest().encode(), True),
+        (b"SHA256=" + hmac.new(b"k", b"{}", "sha256").hexdigest().encode(), True),
+        (hmac.new(b"k", b"{}", "sha256").hexdigest().encode(), False),  # the prefix is required
+        (b"sha1=" + hmac.new(b"k", b"{}", "sha1").hexdigest().encode(), False),
+    ],
+)
+def test_a_prefixed_signature(value: bytes, ok: bool) -> None:
+    request = Request([(b"x-hub-signature-256", value)])
+    assert signed(Signature(b"k", PREFIXED), request, b"{}") is ok
+
+
+def test_attribution_by_signature() -> None:
+    scheme = SignatureScheme(header=b"x-sig", digest="sha256")
+    a = Credential(None, signature=Signature(b"key-a", scheme))
+    b = Credential(None, signature=Signature(b"key-b", scheme))
+    body = b'{"x":1}'
+    request = Request([(b"x-sig", hmac.new(b"key-b", body, "sha256").hexdigest().encode())])
+    assert attribute([("a", a), ("b", b)], request, body) == ["b"]
+    assert attribute([("a", a), ("b", b)], request, b"{}") == []

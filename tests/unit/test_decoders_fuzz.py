@@ -33,7 +33,8 @@ JSON_VALUES = st.recursive(
 )
 KEYS = ["typeWebhook", "instanceData", "idInstance", "timestamp", "idMessage", "senderData", "chatId",
         "status", "event", "instance", "data", "key", "id", "remoteJid", "keyId", "messageTimestamp",
-        "apikey", "api_key", "instanceId", "channelId", "messages", "ack", "chatUpdate", "statuses", "receiptId", "body"]  # fmt: skip
+        "apikey", "api_key", "instanceId", "channelId", "messages", "ack", "chatUpdate", "statuses", "receiptId", "body",
+        "session", "payload", "from", "to", "fromMe", "ackName"]  # fmt: skip
 SHAPED = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.text(max_size=10),
     lambda inner: (
@@ -396,3 +397,26 @@ def _decoded(body: bytes) -> dict[str, object] | None:
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
+
+
+@settings(max_examples=200, deadline=None)
+@given(body=HOSTILE, template=TEMPLATES)
+@example(body=DEEP_FIELD, template="{event}")
+@example(body=BAD_UTF8, template="{event}")
+@example(
+    body=b'{"event":"message.ack","session":"s","payload":{"id":"a","ack":1e400}}',
+    template="{event}",
+)
+@example(
+    body=b'{"event":"message","timestamp":-1e300,"payload":{"timestamp":1e300}}', template="{event}"
+)
+@example(
+    body=b'{"event":"message","timestamp":1e400,"payload":{"timestamp":-1e400}}', template="{event}"
+)
+def test_waha_any_bytes(body: bytes, template: str) -> None:
+    """Any body: one message, the bytes unchanged, or its quarantine message — never a crash."""
+    source = _source("waha", template)
+    [out] = _pipeline().messages(source, body, ingest="webhook")
+    [again] = _pipeline().messages(source, body, ingest="webhook")
+    _check(out, again)
+    assert out.body == body  # WAHA bodies travel unchanged, valid or not

@@ -138,3 +138,22 @@ def test_ids_from_payloads_are_capped_in_headers() -> None:
 
 def test_backoff_floor_holds_even_in_tests() -> None:
     assert Backoff(floor=0.05).delay(7) == 0.05  # retries are switched off in tests, not spinning
+
+
+def test_provider_headers_travel_capped() -> None:
+    classified = Classified(
+        event="message", headers=(("x-event-id", "evt_1"), ("x-long", "y" * 9999))
+    )
+    out = build(
+        exchange="e",
+        routing_key="r",
+        provider="waha",
+        instance="default",
+        ingest="webhook",
+        body=b"{}",
+        classified=classified,
+        received_at_ms=5,
+    )
+    assert out.headers["x-event-id"] == "evt_1"
+    assert len(str(out.headers["x-long"])) == 512
+    assert out.provider == "waha" and out.instance == "default"
