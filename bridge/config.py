@@ -114,6 +114,10 @@ class Source(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     webhook_header: str = "authorization"
     hmac_key_env: str | None = None  # the key the provider signs its webhooks with (WAHA)
     hmac_key_file: str | None = None
+    app_secret_env: str | None = None  # Meta: the app secret that signs X-Hub-Signature-256
+    app_secret_file: str | None = None
+    verify_token_env: str | None = None  # Meta: answered on GET hub.challenge
+    verify_token_file: str | None = None
     routing_key: str = "{event}"
     exchange: str | None = None
 
@@ -138,6 +142,7 @@ class Settings(Struct, frozen=True, kw_only=True):
     tokens: Mapping[str, Secret]  # source name -> API token (polling)
     webhook_tokens: Mapping[str, Secret]  # source name -> webhook token
     hmac_keys: Mapping[str, Secret] = msgspec.field(default_factory=dict)  # -> signing key
+    verify_tokens: Mapping[str, Secret] = msgspec.field(default_factory=dict)  # -> Meta's
 
     def token(self, source: Source) -> Secret:
         return self.tokens[source.name]
@@ -146,6 +151,7 @@ class Settings(Struct, frozen=True, kw_only=True):
 _URL_SAFE = re.compile(r"[A-Za-z0-9._~-]+")
 #: Signing keys that ship in providers' examples and defaults: anyone can forge with them.
 WELL_KNOWN_KEYS = frozenset({"secret", "evolution", "changeme", "my-secret-key", "hmac", "key"})
+_GUARDED = frozenset({"hmac_key", "app_secret", "verify_token"})
 _TEMPLATE_FIELDS = frozenset({"provider", "instance", "event"})
 
 
@@ -183,7 +189,11 @@ def load(
         config=config,
         tokens=_resolve(config, env, "token"),
         webhook_tokens=_resolve(config, env, "webhook_token"),
-        hmac_keys=_resolve(config, env, "hmac_key"),
+        hmac_keys={
+            **_resolve(config, env, "hmac_key"),
+            **_resolve(config, env, "app_secret"),
+        },
+        verify_tokens=_resolve(config, env, "verify_token"),
     )
 
 
@@ -258,8 +268,7 @@ def _check_source(at: str, src: Source) -> None:
             raise ConfigError(f"{at}.api_url: required for mode 'poll'")
         if urlsplit(src.api_url).scheme not in ("http", "https"):
             raise ConfigError(f"{at}.api_url: must be an http(s) URL")
-    if adapter.signature is None and (src.hmac_key_env or src.hmac_key_file):
-        raise ConfigError(f"{at}.hmac_key_env: {src.provider} does not sign its webhooks")
+    _check_keys(at, src, signs=adapter.signature is not None, challenges=adapter.challenge)
     problem = adapter.check_instance(src.instance)
     if problem is not None:
         raise ConfigError(f"{at}.instance: {problem}")
@@ -269,6 +278,18 @@ def _check_source(at: str, src: Source) -> None:
     if not fields <= _TEMPLATE_FIELDS:
         bad = ", ".join(sorted(fields - _TEMPLATE_FIELDS))
         raise ConfigError(f"{at}.routing_key: unknown placeholder {bad}")
+
+
+def _check_keys(at: str, src: Source, *, signs: bool, challenges: object) -> None:
+    hmac_key = src.hmac_key_env or src.hmac_key_file
+    app_secret = src.app_secret_env or src.app_secret_file
+    if (hmac_key or app_secret) and not signs:
+        key = "hmac_key_env" if hmac_key else "app_secret_env"
+        raise ConfigError(f"{at}.{key}: {src.provider} does not sign its webhooks")
+    if hmac_key and app_secret:
+        raise ConfigError(f"{at}: set one signing key, hmac_key_* or app_secret_*")
+    if (src.verify_token_env or src.verify_token_file) and challenges is None:
+        raise ConfigError(f"{at}.verify_token_env: {src.provider} sends no verification request")
 
 
 def split_host_port(text: str) -> tuple[str, int]:
@@ -330,7 +351,7 @@ def _resolve(config: Config, env: Mapping[str, str], kind: str) -> dict[str, Sec
             raise ConfigError(
                 f"sources[{i}].{kind}: the token has characters a URL path cannot carry"
             )
-        if kind == "hmac_key" and value.lower() in WELL_KNOWN_KEYS:
+        if kind in _GUARDED and value.lower() in WELL_KNOWN_KEYS:
             raise ConfigError(
                 f"sources[{i}].{kind}: a well-known default key, anyone can sign with it"
                 " (use a long random one)"

@@ -68,6 +68,7 @@ class Route:
         self.adapter = adapter
         self.hooks: dict[str, Hook] = {}
         self.credentials: list[tuple[Hook, Credential]] = []
+        self.verify_tokens: list[bytes] = []
 
     def add(self, hook: Hook) -> None:
         self.hooks[hook.source.instance] = hook
@@ -97,6 +98,9 @@ class Webhooks:
                 ),
             )
             route.add(Hook(source, credential))
+            verify = settings.verify_tokens.get(source.name)
+            if verify is not None:
+                route.verify_tokens.append(verify.reveal().encode())
         self._addresses = Addresses(self._http.allow_ips, self._http.trusted_proxies)
         self._retry_after = str(self._http.retry_after).encode()
 
@@ -143,6 +147,9 @@ class Webhooks:
         if route is None or len(parts) > 4 or (len(parts) == 4 and not parts[3]):
             await _answer(send, 404, b'{"error":"no such route"}')
             return
+        if method == "GET" and route.adapter.challenge is not None:
+            await self._challenge(route, scope, send)
+            return
         if method != "POST":
             await _answer(send, 405, b'{"error":"use POST"}', [(b"allow", b"POST")])
             return
@@ -180,16 +187,35 @@ class Webhooks:
         """Authenticate, read and split a body into its messages (or its quarantine message).
 
         The instance is the path's (checked before the body is read), else the body's, else
-        that of the one source whose credentials the request carries.
+        that of the one source whose credentials the request carries. A body the adapter
+        splits into parts (Meta: one per account) is routed part by part; a signature always
+        covers the whole body as received.
         """
         adapter = route.adapter
         request = Request(scope["headers"], scope.get("query_string", b""))
         hook = self._lookup(route, rest, request) if rest and adapter.path == "instance" else None
         body = await self._body(scope, receive)
+        if (
+            hook is not None
+            and hook.credential.signature is not None
+            and not accepts(hook.credential, request, body)
+        ):
+            raise Reject(401, "bad or missing credentials")  # the path's source: its signature
+        if adapter.split is None:
+            return self._part(route, request, body, body, hook)
+        outs: list[Outbound] = []
+        for part in adapter.split(body):
+            outs += self._part(route, request, body, part, hook)
+        return outs
+
+    def _part(
+        self, route: Route, request: Request, body: bytes, part: bytes, hook: Hook | None
+    ) -> list[Outbound]:
+        adapter = route.adapter
         parsed: Parsed | None = None
         error = ""
         try:
-            parsed = adapter.parse(body)
+            parsed = adapter.parse(part)
         except PayloadError as exc:
             error = str(exc)
         if hook is None:
@@ -198,13 +224,27 @@ class Webhooks:
                 hook = self._lookup(route, named, request, body)
             else:
                 hook, error = self._attribute(route, request, body, error)
-        elif hook.credential.signature is not None and not accepts(hook.credential, request, body):
-            raise Reject(401, "bad or missing credentials")  # the path's source: its signature
         source = hook.source
         received(source.provider, source.instance, "webhook").inc()
         if error:
-            return [self._pipeline.quarantine(source, adapter.clean(body), error, ingest="webhook")]
-        return self._pipeline.messages(source, body, ingest="webhook", parsed=parsed)
+            return [self._pipeline.quarantine(source, adapter.clean(part), error, ingest="webhook")]
+        return self._pipeline.messages(source, part, ingest="webhook", parsed=parsed)
+
+    async def _challenge(self, route: Route, scope: Scope, send: Send) -> None:
+        """A provider's subscription check: echo its challenge if a source's verify token
+        matches (text/plain, 200), else 403."""
+        assert route.adapter.challenge is not None
+        tokens = [t for t in route.verify_tokens if t]
+        if self._addresses and not self._allowed(scope):
+            echo = None
+        else:
+            echo = route.adapter.challenge(scope.get("query_string", b""), tokens)
+        status = 403 if echo is None else 200
+        webhook_responses(route.adapter.name, f"challenge_{status}").inc()
+        if echo is None:
+            await _answer(send, 403, b'{"error":"verification refused"}')
+        else:
+            await _answer(send, 200, echo, [(b"content-type", b"text/plain; charset=utf-8")])
 
     def _lookup(
         self, route: Route, instance: str, request: Request, body: bytes | None = None

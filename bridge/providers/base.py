@@ -15,7 +15,7 @@ Adapters are pure: no I/O, no logging, no configuration. `bridge.providers.REGIS
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -84,6 +84,12 @@ class Adapter:
     check_instance: Callable[[str], str | None] = any_instance
     #: how the provider signs its webhooks with a source's `hmac_key`, if it does
     signature: SignatureScheme | None = None
+    #: the parts of one body that may belong to different instances, each a body of its own
+    #: (Meta: one per `entry[]`); None: a body is one part
+    split: Callable[[bytes], list[bytes]] | None = None
+    #: the answer to a subscription check (`GET` with the query string), given the sources'
+    #: verify tokens: the challenge to echo, or None to refuse (Meta's `hub.challenge`)
+    challenge: Callable[[bytes, Sequence[bytes]], bytes | None] | None = None
 
 
 def text_id(value: object) -> str | None:
