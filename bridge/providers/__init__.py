@@ -6,12 +6,18 @@ Adding a provider is a module implementing `bridge.providers.base.Adapter` and o
 
 from __future__ import annotations
 
-from bridge.providers import chatapi, evolution, greenapi, waha
+from bridge.providers import chatapi, evolution, greenapi, meta, waha
 from bridge.providers.base import DECODE_ERRORS, Adapter, Item, Parsed
 
 REGISTRY: dict[str, Adapter] = {
     adapter.name: adapter
-    for adapter in (greenapi.ADAPTER, evolution.ADAPTER, chatapi.ADAPTER, waha.ADAPTER)
+    for adapter in (
+        greenapi.ADAPTER,
+        evolution.ADAPTER,
+        chatapi.ADAPTER,
+        waha.ADAPTER,
+        meta.ADAPTER,
+    )
 }
 
 #: Events that get their own metric label: every documented one of every provider.

@@ -293,7 +293,7 @@ def test_config_takes_its_providers_from_the_registry(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load(path, {})
     assert str(caught.value) == (
-        "sources[0].provider: unknown provider 'nope' (one of greenapi, evolution, chatapi, waha)"
+        "sources[0].provider: unknown provider 'nope' (one of greenapi, evolution, chatapi, waha, meta)"
     )
     for name, adapter in REGISTRY.items():
         instance = "1" if adapter.check_instance("x") else "x"
