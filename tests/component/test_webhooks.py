@@ -87,13 +87,13 @@ def app(
 
 
 def app_of(
-    tmp_path: Path, config: str, env: dict[str, str]
+    tmp_path: Path, config: str, env: dict[str, str], stub: StubPublisher | None = None
 ) -> tuple[httpx.AsyncClient, StubPublisher]:
     """The webhook app of a config, through httpx.ASGITransport, with a stand-in publisher."""
     path = tmp_path / "b.toml"
     path.write_text(config)
     settings = load(path, env)
-    stub = StubPublisher()
+    stub = stub or StubPublisher()
     hooks = Webhooks(settings, Pipeline(settings.config.amqp, stub))
     transport = httpx.ASGITransport(app=hooks, client=("10.1.2.3", 5555))
     return httpx.AsyncClient(transport=transport, base_url="http://bridge"), stub

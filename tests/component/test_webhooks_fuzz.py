@@ -32,7 +32,7 @@ from tests.unit.test_decoders_fuzz import JSON_TEXT
 PATHS = st.sampled_from(
     ["/webhooks/greenapi", "/webhooks/greenapi/1101000002", "/webhooks/greenapi/1234", "/webhooks/greenapi/x",
      "/webhooks/evolution", "/webhooks/evolution/messages-upsert", "/webhooks/chatapi", "/webhooks/chatapi/x",
-     "/webhooks/waha", "/webhooks/waha/x", "/webhooks/", "/webhooks/greenapi/1/2", "/readyz", "/healthz"]
+     "/webhooks/waha", "/webhooks/waha/x", "/webhooks/meta", "/webhooks/", "/webhooks/greenapi/1/2", "/readyz", "/healthz"]
 )  # fmt: skip
 TOKENS = st.sampled_from([GREEN_TOKEN, EVO_TOKEN, CHAT_TOKEN, "", "wrong", "Bearer", "\x00"])
 HEADER_NAMES = st.sampled_from(

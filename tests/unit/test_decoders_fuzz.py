@@ -20,7 +20,7 @@ from bridge.config import AmqpConfig, Source
 from bridge.envelope import Outbound
 from bridge.errors import PayloadError
 from bridge.ingest.pipeline import Pipeline
-from bridge.providers import chatapi, evolution, greenapi
+from bridge.providers import REGISTRY, chatapi, evolution, greenapi
 from bridge.routing import Classified
 from tests.unit.test_envelope_fuzz import amqp_frames
 
@@ -34,7 +34,8 @@ JSON_VALUES = st.recursive(
 KEYS = ["typeWebhook", "instanceData", "idInstance", "timestamp", "idMessage", "senderData", "chatId",
         "status", "event", "instance", "data", "key", "id", "remoteJid", "keyId", "messageTimestamp",
         "apikey", "api_key", "instanceId", "channelId", "messages", "ack", "chatUpdate", "statuses", "receiptId", "body",
-        "session", "payload", "from", "to", "fromMe", "ackName"]  # fmt: skip
+        "session", "payload", "from", "to", "fromMe", "ackName", "object", "entry", "changes",
+        "field", "value", "metadata", "phone_number_id", "contacts", "wa_id", "errors"]  # fmt: skip
 SHAPED = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.text(max_size=10),
     lambda inner: (
@@ -420,3 +421,26 @@ def test_waha_any_bytes(body: bytes, template: str) -> None:
     [again] = _pipeline().messages(source, body, ingest="webhook")
     _check(out, again)
     assert out.body == body  # WAHA bodies travel unchanged, valid or not
+
+
+@settings(max_examples=200, deadline=None)
+@given(body=HOSTILE, template=TEMPLATES)
+@example(body=DEEP_FIELD, template="{event}")
+@example(body=BAD_UTF8, template="{event}")
+@example(
+    body=b'{"entry":[{"id":1,"changes":[{"field":"messages","value":{"messages":[1]}}]},{"id":2}]}',
+    template="{event}",
+)
+def test_meta_any_bytes(body: bytes, template: str) -> None:
+    """Any body, split and parsed as the route does: messages or a quarantine, never a crash;
+    every item body is one JSON document of its own, and the same again on a redelivery."""
+    adapter = REGISTRY["meta"]
+    assert adapter.split is not None
+    for part in adapter.split(body):
+        source = _source("meta", template)
+        outs = _pipeline().messages(source, part, ingest="webhook")
+        again = _pipeline().messages(source, part, ingest="webhook")
+        for out, twin in zip(outs, again, strict=True):
+            _check(out, twin)
+            if out.exchange != "notifications.invalid":
+                assert isinstance(msgspec.json.decode(out.body), dict)
