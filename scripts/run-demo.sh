@@ -9,6 +9,9 @@ export GREENAPI_TOKEN_1101000002=${GREENAPI_TOKEN_1101000002:-demo-token-1101000
 export GREENAPI_WEBHOOK_TOKEN=${GREENAPI_WEBHOOK_TOKEN:-demo-greenapi-webhook-token}
 export EVOLUTION_WEBHOOK_TOKEN=${EVOLUTION_WEBHOOK_TOKEN:-demo-evolution-webhook-token}
 export CHATAPI_WEBHOOK_TOKEN=${CHATAPI_WEBHOOK_TOKEN:-demo-chatapi-webhook-token}
+export WAHA_HMAC_KEY=${WAHA_HMAC_KEY:-demo-waha-hmac-key}
+export META_APP_SECRET=${META_APP_SECRET:-demo-meta-app-secret}
+export META_VERIFY_TOKEN=${META_VERIFY_TOKEN:-demo-meta-verify-token}
 
 $bridge fake-provider --config bridge.toml --listen 127.0.0.1:8091 --seed-samples --feed 5 &
 fake=$!

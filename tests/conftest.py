@@ -20,6 +20,9 @@ DEMO_ENV = {
     "GREENAPI_WEBHOOK_TOKEN": "demo-greenapi-webhook-token",
     "EVOLUTION_WEBHOOK_TOKEN": "demo-evolution-webhook-token",
     "CHATAPI_WEBHOOK_TOKEN": "demo-chatapi-webhook-token",
+    "WAHA_HMAC_KEY": "demo-waha-hmac-key",
+    "META_APP_SECRET": "demo-meta-app-secret",
+    "META_VERIFY_TOKEN": "demo-meta-verify-token",
 }
 AMQP_URL = os.environ.get("BRIDGE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
