@@ -46,6 +46,12 @@ class UnknownWahaSession(LookupError):
     """No WAHA session with this name exists in the fake."""
 
 
+class _BadRequest(ValueError):
+    def __init__(self, messages: list[str]) -> None:
+        super().__init__("; ".join(messages))
+        self.messages = messages
+
+
 class WahaStats(PushStats):
     name: str
     status: str
@@ -194,48 +200,43 @@ class FakeWaha:
             return 201, _ENCODER.encode(session.dto())
         return 200, _ENCODER.encode(session.dto())
 
-    def _read(self, body: bytes) -> tuple[dict[str, Any] | None, tuple[int, bytes] | None]:
+    def _read(self, body: bytes) -> tuple[dict[str, Any], dict[str, Any], list[WahaWebhook]]:
+        """(request, its config, the config's webhooks); _BadRequest when one is unusable."""
         try:
             request = _OBJECT.decode(body) if body.strip() else {}
         except (msgspec.DecodeError, msgspec.ValidationError):
-            return None, _error(400, "Bad Request", ["body must be a JSON object"])
-        config = request.get("config") or {}
+            raise _BadRequest(["body must be a JSON object"]) from None
+        config = request.get("config")
+        config = {} if config is None else config
         if not isinstance(config, dict):
-            return None, _error(400, "Bad Request", ["config must be an object"])
-        return request, None
+            raise _BadRequest(["config must be an object"])
+        hooks, problems = validate_webhooks(config.get("webhooks"))
+        if hooks is None:
+            raise _BadRequest(problems)
+        return request, config, hooks
 
     def _create(self, body: bytes) -> tuple[int, bytes]:
-        request, problem = self._read(body)
-        if request is None:
-            return problem or _error(400, "Bad Request", [])
+        try:
+            request, config, hooks = self._read(body)
+        except _BadRequest as exc:
+            return _error(400, "Bad Request", exc.messages)
         name = request.get("name") or "session_" + waha.event_id()[4:]
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             return _error(400, "Bad Request", ["name must match ^[a-zA-Z0-9_-]*$ (54 at most)"])
         if name in self.sessions:
-            return _error(
-                422,
-                "Unprocessable Entity",
-                f"Session '{name}' already exists. Use PUT to update it.",
-            )
-        config = request.get("config") or {}
-        hooks, problems = validate_webhooks(config.get("webhooks"))
-        if hooks is None:
-            return _error(400, "Bad Request", problems)
-        session = WahaSession(
-            name, hmac_key=None, engine="GOWS", working=bool(request.get("start"))
-        )
+            message = f"Session '{name}' already exists. Use PUT to update it."
+            return _error(422, "Unprocessable Entity", message)
+        working = bool(request.get("start"))
+        session = WahaSession(name, hmac_key=None, engine="GOWS", working=working)
         session.set_config(config, hooks)
         self.sessions[name] = session
         return 201, _ENCODER.encode(session.dto())
 
     def _update(self, session: WahaSession, body: bytes) -> tuple[int, bytes]:
-        request, problem = self._read(body)
-        if request is None:
-            return problem or _error(400, "Bad Request", [])
-        config = request.get("config") or {}
-        hooks, problems = validate_webhooks(config.get("webhooks"))
-        if hooks is None:
-            return _error(400, "Bad Request", problems)
+        try:
+            _, config, hooks = self._read(body)
+        except _BadRequest as exc:
+            return _error(400, "Bad Request", exc.messages)
         session.set_config(config, hooks)
         if session.status == "WORKING":
             session.restarts += 1
