@@ -12,8 +12,9 @@ Evolution API: :mod:`fakeprovider.evolution` (instances, ``webhook/set``) and
 :mod:`fakeprovider.evolution_push` (envelope, concurrent delivery with retries). Chat API:
 :mod:`fakeprovider.chatapi` (batched pushes). WAHA: :mod:`fakeprovider.waha` (sessions and
 their ``config.webhooks``, the sessions API) and :mod:`fakeprovider.waha_push` (envelope,
-signed concurrent delivery with the webhook's retry policy). :mod:`fakeprovider.push` is what the pushers
-share, :mod:`fakeprovider.control` and :mod:`fakeprovider.pushcontrol` the ``/_control`` API,
-:mod:`fakeprovider.app` the ASGI app, :mod:`fakeprovider.server` the embedded uvicorn server
-and the CLI entry, :mod:`fakeprovider.samples` the shipped notification samples.
+signed concurrent delivery with the webhook's retry policy). :mod:`fakeprovider.push` is what
+the pushers share, :mod:`fakeprovider.control` and :mod:`fakeprovider.pushcontrol` the
+``/_control`` API, :mod:`fakeprovider.app` the ASGI app, :mod:`fakeprovider.server` the
+embedded uvicorn server and the CLI entry, :mod:`fakeprovider.samples` the shipped
+notification samples.
 """
