@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Final
 
 #: The providers `bridge simulate` can imitate.
-SIMULATED: Final = ("greenapi", "evolution", "chatapi")
+SIMULATED: Final = ("greenapi", "evolution", "chatapi", "waha")
 
 __all__ = [
     "DEAD_LETTER",
@@ -67,6 +67,14 @@ def fake_provider(parser: argparse.ArgumentParser) -> None:
         help="a fake Chat API instance (repeatable)",
     )
     parser.add_argument(
+        "--waha",
+        action="append",
+        default=[],
+        metavar="NAME:HMAC_KEY",
+        help="a fake WAHA session whose webhooks sign with HMAC_KEY (repeatable);"
+        " --config adds every WAHA webhook source",
+    )
+    parser.add_argument(
         "--seed-samples", action="store_true", help="enqueue the sample notifications"
     )
     parser.add_argument(
@@ -92,6 +100,9 @@ def simulate(parser: argparse.ArgumentParser) -> None:
     token.add_argument("--token", default=None, help="webhook token (prefer --token-env)")
     token.add_argument("--token-env", default=None, metavar="VAR", help="env var with the token")
     parser.add_argument("--instance", default=None, help="instance id / name to post as")
+    parser.add_argument(
+        "--hmac-key-env", default=None, metavar="VAR", help="WAHA: env var with the HMAC key"
+    )
     parser.add_argument("--concurrency", type=int, default=1, help="requests in flight (1)")
     parser.add_argument(
         "--auth-header", default="authorization", help="Evolution: the token's header name"
@@ -137,6 +148,33 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     evolution.add_argument("--v1", action="store_true", help="Evolution 1.x flat body")
     evolution.add_argument("--timeout", type=float, default=30.0, help="seconds per request (30)")
+
+    waha = sub.add_parser("waha", help="WAHA session config.webhooks (sessions API)")
+    waha.add_argument("--api-url", required=True, help="e.g. http://waha:3000")
+    waha.add_argument("--session", required=True, help="the session name")
+    waha.add_argument("--api-key-env", metavar="VAR", help="env var: X-Api-Key")
+    waha.add_argument("--webhook-url", required=True, help="the bridge's webhook URL")
+    waha.add_argument("--hmac-key-env", metavar="VAR", help="env var: the webhook's HMAC key")
+    waha.add_argument(
+        "--events",
+        type=names,
+        default=None,
+        metavar="A,B",
+        help="events (default: message, its reactions, acks, edits, revokes, session.status)",
+    )
+    waha.add_argument(
+        "--retries-policy",
+        choices=("constant", "linear", "exponential"),
+        default="exponential",
+        help="WAHA's retry policy (default %(default)s)",
+    )
+    waha.add_argument(
+        "--retries-delay", type=float, default=2.0, metavar="SECONDS", help="delay (default 2)"
+    )
+    waha.add_argument(
+        "--retries-attempts", type=int, default=15, metavar="N", help="retries (default 15)"
+    )
+    waha.add_argument("--timeout", type=float, default=30.0, help="seconds per request (30)")
 
 
 def broker(parser: argparse.ArgumentParser) -> None:

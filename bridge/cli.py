@@ -239,15 +239,21 @@ def _fake_instances(
     args: argparse.Namespace, settings: Settings | None
 ) -> dict[str, list[tuple[str, str]]]:
     """{provider: (id, token) pairs}: GREEN-API's from the config's polling sources and
-    `--instance`, Evolution's and Chat API's from `--evolution` and `--chatapi`."""
-    green = []
+    `--instance`, Evolution's and Chat API's from `--evolution` and `--chatapi`, WAHA's
+    (session, HMAC key) from the config's WAHA webhook sources and `--waha`."""
+    green: list[tuple[str, str]] = []
+    waha: list[tuple[str, str]] = []
     if settings is not None:
         polled = (s for s in settings.config.sources if s.mode == "poll")
         green = [(source.instance, settings.token(source).reveal()) for source in polled]
+        hooked = (s for s in settings.config.sources if s.provider == "waha")
+        keys = settings.hmac_keys
+        waha = [(s.instance, keys[s.name].reveal() if s.name in keys else "") for s in hooked]
     return {
         "greenapi": green + _pairs(args.instance, "--instance wants ID:TOKEN", digits=True),
         "evolution": _pairs(args.evolution, "--evolution wants NAME:TOKEN"),
         "chatapi": _pairs(args.chatapi, "--chatapi wants NAME:TOKEN"),
+        "waha": waha + _pairs(args.waha, "--waha wants NAME:HMAC_KEY"),
     }
 
 
@@ -278,6 +284,7 @@ def cmd_fake_provider(args: argparse.Namespace) -> int:
             latency=args.latency,
             evolution=instances["evolution"],
             chatapi=instances["chatapi"],
+            waha=instances["waha"],
         )
 
     async def on_shutdown() -> None:

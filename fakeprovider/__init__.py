@@ -10,8 +10,11 @@ faults, :mod:`fakeprovider.settings` the getSettings/setSettings logic),
 :mod:`fakeprovider.greenpush` pushes an instance's queue while it has a ``webhookUrl``.
 Evolution API: :mod:`fakeprovider.evolution` (instances, ``webhook/set``) and
 :mod:`fakeprovider.evolution_push` (envelope, concurrent delivery with retries). Chat API:
-:mod:`fakeprovider.chatapi` (batched pushes). :mod:`fakeprovider.push` is what the pushers
-share, :mod:`fakeprovider.control` and :mod:`fakeprovider.pushcontrol` the ``/_control`` API,
-:mod:`fakeprovider.app` the ASGI app, :mod:`fakeprovider.server` the embedded uvicorn server
-and the CLI entry, :mod:`fakeprovider.samples` the shipped notification samples.
+:mod:`fakeprovider.chatapi` (batched pushes). WAHA: :mod:`fakeprovider.waha` (sessions and
+their ``config.webhooks``, the sessions API) and :mod:`fakeprovider.waha_push` (envelope,
+signed concurrent delivery with the webhook's retry policy). :mod:`fakeprovider.push` is what
+the pushers share, :mod:`fakeprovider.control` and :mod:`fakeprovider.pushcontrol` the
+``/_control`` API, :mod:`fakeprovider.app` the ASGI app, :mod:`fakeprovider.server` the
+embedded uvicorn server and the CLI entry, :mod:`fakeprovider.samples` the shipped
+notification samples.
 """

@@ -11,7 +11,8 @@ Each call is checked in this order: route (404), idInstance (400/403), token (40
 per instance and method (429), parameters (400), then the next queued fault, the injected
 latency, and finally the real answer. While an instance has a ``webhookUrl`` its queue is
 pushed and ``receiveNotification`` answers ``null``. Evolution's ``/webhook/set/{name}`` and
-``/webhook/find/{name}`` are served on the same port (:mod:`fakeprovider.evolution`). Control
+``/webhook/find/{name}`` are served on the same port (:mod:`fakeprovider.evolution`), and so
+are WAHA's ``/api/sessions...`` (:mod:`fakeprovider.waha`). Control
 calls live under ``/_control`` (see :mod:`fakeprovider.control` and
 :mod:`fakeprovider.pushcontrol`).
 """
@@ -40,6 +41,7 @@ from fakeprovider.greenapi import (
 )
 from fakeprovider.pushcontrol import handle_push_control
 from fakeprovider.settings import SettingsError, encode_settings
+from fakeprovider.waha import FakeWaha
 
 __all__ = ["DROP_LOG_MESSAGE", "ASGIApp", "create_app"]
 
@@ -153,12 +155,15 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 class _FakeProvider:
-    __slots__ = ("chatapi", "evolution", "state")
+    __slots__ = ("chatapi", "evolution", "state", "waha")
 
-    def __init__(self, state: FakeGreenApi, evolution: FakeEvolution, chatapi: FakeChatApi) -> None:
+    def __init__(
+        self, state: FakeGreenApi, evolution: FakeEvolution, chatapi: FakeChatApi, waha: FakeWaha
+    ) -> None:
         self.state = state
         self.evolution = evolution
         self.chatapi = chatapi
+        self.waha = waha
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -166,7 +171,7 @@ class _FakeProvider:
             path: str = scope["path"]
             if path.startswith("/waInstance"):
                 await self._provider(scope, receive, send)
-            elif path.startswith(("/_control", "/webhook/")):
+            elif path.startswith(("/_control", "/webhook/", "/api/sessions")):
                 body = await _read_body(receive)
                 if body is not None:
                     status, reply = self._buffered(scope, path, body)
@@ -181,8 +186,16 @@ class _FakeProvider:
         if path.startswith("/webhook/"):
             apikey = _header(scope, b"apikey")
             return self.evolution.handle_api(method, path, apikey, body)
+        if path.startswith("/api/sessions"):
+            return self.waha.handle_api(method, path, _header(scope, b"x-api-key"), body)
         answer = handle_push_control(
-            method, path, body, green=self.state, evolution=self.evolution, chatapi=self.chatapi
+            method,
+            path,
+            body,
+            green=self.state,
+            evolution=self.evolution,
+            chatapi=self.chatapi,
+            waha=self.waha,
         )
         if answer is not None:
             return answer
@@ -190,6 +203,7 @@ class _FakeProvider:
         if status == 200 and method == "POST" and path.rstrip("/") == "/_control/reset":
             self.evolution.reset()
             self.chatapi.reset()
+            self.waha.reset()
         return status, result
 
     async def _provider(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -373,7 +387,10 @@ def create_app(
     *,
     evolution: FakeEvolution | None = None,
     chatapi: FakeChatApi | None = None,
+    waha: FakeWaha | None = None,
 ) -> ASGIApp:
     """The raw ASGI app serving the provider APIs and ``/_control`` over the states (an
-    Evolution or Chat API state left out is a new, empty one)."""
-    return _FakeProvider(state, evolution or FakeEvolution(), chatapi or FakeChatApi())
+    Evolution, Chat API or WAHA state left out is a new, empty one)."""
+    return _FakeProvider(
+        state, evolution or FakeEvolution(), chatapi or FakeChatApi(), waha or FakeWaha()
+    )

@@ -12,7 +12,8 @@ body and writes what it returns. Bad input is a 400 with ``{"message": ...}``, n
     PUT    /_control/instances/{id}/latency          {"latency": seconds | null}
     PUT    /_control/latency                         {"latency": seconds}
     GET    /_control/stats
-    POST   /_control/reset                           (the app also resets Evolution, Chat API)
+    POST   /_control/reset                           (the app also resets Evolution, Chat API,
+                                                      WAHA)
 
 The webhook pushers' routes (GREEN-API settings and push counters, Evolution, Chat API) are in
 :mod:`fakeprovider.pushcontrol`; the app tries those first.

@@ -26,6 +26,19 @@ Chat API::
     POST   /_control/chatapi/instances/{id}/items     {"kind", "item"} or [..]
     GET    /_control/chatapi/stats
 
+WAHA (webhooks are set through WAHA's own sessions API too, ``/api/sessions``)::
+
+    POST   /_control/waha/sessions                    {"name", "hmac_key"?, "engine"?,
+                                                       "working"?}
+    GET    /_control/waha/sessions/{name}             push counters
+    PUT    /_control/waha/sessions/{name}/webhook     a ``config.webhooks[]`` item ("events"
+                                                       default ["*"], "hmac" default the
+                                                       session's key): replaces the one
+                                                       with its URL, or adds it
+    POST   /_control/waha/sessions/{name}/events      {"event", "payload"} or [..]
+    PUT    /_control/waha/delivery                    {"timeout"?, "jitter"?}
+    GET    /_control/waha/stats
+
 Config fields: ``webhook_url``, ``auth`` (query|bearer|none), ``batch_size``,
 ``batch_interval``, ``max_attempts``, ``retry_pause``, ``timeout``.
 """
@@ -44,6 +57,8 @@ from fakeprovider.evolution import FakeEvolution, UnknownEvolutionInstance
 from fakeprovider.evolution_push import RetryPolicy
 from fakeprovider.greenapi import FakeGreenApi, UnknownInstanceError
 from fakeprovider.settings import SettingsError, encode_settings
+from fakeprovider.waha import FakeWaha, UnknownWahaSession
+from fakeprovider.waha_push import CustomHeader, Hmac, Retries, WahaWebhook, validate_webhooks
 
 __all__ = ["handle_push_control"]
 
@@ -63,6 +78,31 @@ class _Event(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     data: msgspec.Raw = msgspec.Raw(b"null")
 
 
+class _WahaSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: str
+    hmac_key: str | None = None
+    engine: str = "GOWS"
+    working: bool = True
+
+
+class _WahaHook(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    url: str
+    events: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    hmac: Hmac | None = None
+    retries: Retries | None = None
+    customHeaders: list[CustomHeader] | None = None
+
+
+class _WahaEvent(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    event: str
+    payload: msgspec.Raw = msgspec.Raw(b"{}")
+
+
+class _WahaDelivery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    timeout: float | None = None
+    jitter: float | None = None
+
+
 class _Item(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     kind: ChatKind
     item: msgspec.Raw
@@ -78,6 +118,10 @@ _EVOLUTION_SPEC: Final = msgspec.json.Decoder(_EvolutionSpec)
 _EVENTS: Final = msgspec.json.Decoder(_Event | list[_Event])
 _ITEMS: Final = msgspec.json.Decoder(_Item | list[_Item])
 _PUSH_TIMING: Final = msgspec.json.Decoder(_PushTiming)
+_WAHA_SPEC: Final = msgspec.json.Decoder(_WahaSpec)
+_WAHA_HOOK: Final = msgspec.json.Decoder(_WahaHook)
+_WAHA_EVENTS: Final = msgspec.json.Decoder(_WahaEvent | list[_WahaEvent])
+_WAHA_DELIVERY: Final = msgspec.json.Decoder(_WahaDelivery)
 _ENCODER: Final = msgspec.json.Encoder()
 
 
@@ -163,6 +207,51 @@ def _evolution(state: FakeEvolution, method: str, parts: list[str], body: bytes)
     raise ControlError(404, "Not Found")
 
 
+def _waha_webhook(body: bytes) -> WahaWebhook:
+    spec = decode_body(_WAHA_HOOK, body)
+    hooks, problems = validate_webhooks([msgspec.to_builtins(spec)])
+    if hooks is None:
+        raise ControlError(400, "; ".join(problems))
+    return hooks[0]
+
+
+def _waha(state: FakeWaha, method: str, parts: list[str], body: bytes) -> bytes:
+    match method, parts:
+        case "POST", ["sessions"]:
+            spec = decode_body(_WAHA_SPEC, body)
+            try:
+                created = state.add_session(
+                    spec.name, spec.hmac_key, engine=spec.engine, working=spec.working
+                )
+            except ValueError as exc:
+                raise ControlError(409 if spec.name in state.sessions else 400, str(exc)) from None
+            return _ENCODER.encode({"name": spec.name, "created": created})
+        case "GET", ["sessions", name]:
+            return _ENCODER.encode(state.stats(name))
+        case "PUT", ["sessions", name, "webhook"]:
+            session = state.session(name)
+            session.set_webhook(_waha_webhook(body))
+            return _ENCODER.encode(session.dto())
+        case "POST", ["sessions", name, "events"]:
+            state.session(name)
+            events = _many(decode_body(_WAHA_EVENTS, body))
+            scheduled = sum(state.enqueue(name, e.event, bytes(e.payload)) for e in events)
+            return _ENCODER.encode({"enqueued": len(events), "scheduled": scheduled})
+        case "PUT", ["delivery"]:
+            delivery = decode_body(_WAHA_DELIVERY, body)
+            _seconds(delivery.timeout, "timeout")
+            if delivery.jitter is not None and not 0.0 <= delivery.jitter < 1.0:
+                raise ControlError(400, "jitter must be within [0, 1)")
+            if delivery.timeout is not None:
+                state.timeout = delivery.timeout
+            if delivery.jitter is not None:
+                state.jitter = delivery.jitter
+            return _ENCODER.encode({"timeout": state.timeout, "jitter": state.jitter})
+        case "GET", ["stats"]:
+            return _ENCODER.encode({name: state.stats(name) for name in state.sessions})
+    raise ControlError(404, "Not Found")
+
+
 def _chatapi(state: FakeChatApi, method: str, parts: list[str], body: bytes) -> bytes:
     match method, parts:
         case "POST", ["instances"]:
@@ -208,6 +297,7 @@ def handle_push_control(
     green: FakeGreenApi,
     evolution: FakeEvolution,
     chatapi: FakeChatApi,
+    waha: FakeWaha,
 ) -> tuple[int, bytes] | None:
     """Answer a pusher control request, or None when ``path`` is not one of these routes."""
     parts = path.removeprefix("/_control").strip("/").split("/")
@@ -216,9 +306,16 @@ def handle_push_control(
             return 200, _evolution(evolution, method, parts[1:], body)
         if parts[0] == "chatapi":
             return 200, _chatapi(chatapi, method, parts[1:], body)
+        if parts[0] == "waha":
+            return 200, _waha(waha, method, parts[1:], body)
         answer = _greenapi(green, method, parts, body)
         return None if answer is None else (200, answer)
-    except (UnknownInstanceError, UnknownEvolutionInstance, UnknownChatApiInstance) as exc:
+    except (
+        UnknownInstanceError,
+        UnknownEvolutionInstance,
+        UnknownChatApiInstance,
+        UnknownWahaSession,
+    ) as exc:
         status, message = 404, f"unknown instance {exc.args[0]}"
     except ControlError as exc:
         status, message = exc.status, exc.message

@@ -3,7 +3,7 @@
 ``serve`` binds, serves until cancelled, then answers every pending long poll with ``null`` and
 lets uvicorn drain (its ``Server.shutdown`` is the model). Signal capture is off: signals belong
 to the process's root coroutine. While it serves, one :class:`~fakeprovider.push.PushHub` runs
-the webhook pushers of all three providers; stopping the server cancels them and closes the
+the webhook pushers of every provider; stopping the server cancels them and closes the
 hub's HTTP client.
 """
 
@@ -29,6 +29,7 @@ from fakeprovider.evolution import FakeEvolution
 from fakeprovider.greenapi import FakeGreenApi
 from fakeprovider.push import PushHub
 from fakeprovider.samples import sample_notifications
+from fakeprovider.waha import FakeWaha
 
 __all__ = ["create_app", "parse_listen", "run_fake_provider", "serve", "serve_socket"]
 
@@ -52,9 +53,12 @@ async def serve(
     ready: asyncio.Event | None = None,
     evolution: FakeEvolution | None = None,
     chatapi: FakeChatApi | None = None,
+    waha: FakeWaha | None = None,
 ) -> None:
     """Serve ``state`` on host:port until cancelled, then drain long polls and shut down."""
-    await serve_socket(state, bind(host, port), ready=ready, evolution=evolution, chatapi=chatapi)
+    await serve_socket(
+        state, bind(host, port), ready=ready, evolution=evolution, chatapi=chatapi, waha=waha
+    )
 
 
 async def serve_socket(
@@ -64,18 +68,20 @@ async def serve_socket(
     ready: asyncio.Event | None = None,
     evolution: FakeEvolution | None = None,
     chatapi: FakeChatApi | None = None,
+    waha: FakeWaha | None = None,
 ) -> None:
     """Like :func:`serve` on an already bound socket (port 0 lets the OS choose).
 
-    ``evolution`` and ``chatapi`` are served and pushed too (new empty ones when left out,
-    reachable through the control API only).
+    ``evolution``, ``chatapi`` and ``waha`` are served and pushed too (new empty ones when
+    left out, reachable through the control API only).
     """
     evolution = evolution or FakeEvolution()
     chatapi = chatapi or FakeChatApi()
+    waha = waha or FakeWaha()
     host, port = sock.getsockname()[:2]
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # see bridge.httpserver.bind
     config = uvicorn.Config(
-        create_app(state, evolution=evolution, chatapi=chatapi),
+        create_app(state, evolution=evolution, chatapi=chatapi, waha=waha),
         host=host,
         port=port,
         log_level="warning",
@@ -92,7 +98,7 @@ async def serve_socket(
     uvicorn_logger.addFilter(quiet)
     state.draining = False
     hub = PushHub()
-    providers = (state, evolution, chatapi)
+    providers = (state, evolution, chatapi, waha)
     for provider in providers:
         provider.attach(hub)
     task = asyncio.ensure_future(server.serve(sockets=[sock]))
@@ -160,6 +166,14 @@ def _states(
     return state, evolution_state, chatapi_state
 
 
+def _waha_state(sessions: list[tuple[str, str]], api_key: str | None) -> FakeWaha:
+    """The WAHA sessions, each with the HMAC key its webhooks sign with ("" = unsigned)."""
+    state = FakeWaha(api_key=api_key)
+    for name, key in sessions:
+        state.add_session(name, key or None)  # ValueError names a bad name
+    return state
+
+
 async def run_fake_provider(
     listen: str,
     instances: list[tuple[str, str]],
@@ -170,18 +184,23 @@ async def run_fake_provider(
     evolution: list[tuple[str, str]] | None = None,
     chatapi: list[tuple[str, str]] | None = None,
     evolution_api_key: str | None = None,
+    waha: list[tuple[str, str]] | None = None,
+    waha_api_key: str | None = None,
 ) -> None:
     """Build the fake's state, optionally seed and feed samples, and serve until cancelled.
 
     ``instances`` are GREEN-API ``(id, token)`` pairs (polling until a ``webhookUrl`` is set
     through ``setSettings``); ``evolution`` holds ``(name, token)`` pairs of Evolution v2
     instances (``evolution_api_key`` is the global ``apikey``), ``chatapi`` ``(id, token)``
-    pairs of Chat API instances (configured through the control API).
+    pairs of Chat API instances (configured through the control API), ``waha`` holds
+    ``(session, hmac key)`` pairs of WAHA sessions (``waha_api_key`` is the ``X-Api-Key`` its
+    sessions API wants; none: any).
     """
     host, port = parse_listen(listen)
     state, evolution_state, chatapi_state = _states(
         instances, evolution or [], chatapi or [], latency, evolution_api_key
     )
+    waha_state = _waha_state(waha or [], waha_api_key)
     ids = [id for id, _ in instances]
     samples = sample_notifications()
     if seed_samples:
@@ -189,7 +208,15 @@ async def run_fake_provider(
             state.enqueue_many(id, samples)
     ready = asyncio.Event()
     server = asyncio.create_task(
-        serve(state, host, port, ready=ready, evolution=evolution_state, chatapi=chatapi_state)
+        serve(
+            state,
+            host,
+            port,
+            ready=ready,
+            evolution=evolution_state,
+            chatapi=chatapi_state,
+            waha=waha_state,
+        )
     )
     feeder: asyncio.Task[None] | None = None
     try:
@@ -202,6 +229,7 @@ async def run_fake_provider(
             instances=_describe(ids),
             evolution=_describe(list(evolution_state.instances)),
             chatapi=_describe(list(chatapi_state.instances)),
+            waha=_describe(list(waha_state.sessions)),
             seeded=len(samples) if seed_samples else 0,
             feed_interval=feed_interval,
             latency=latency,

@@ -3,8 +3,11 @@
 GREEN-API: ``POST {api}/waInstance{id}/setSettings/{token}`` with ``webhookUrl``,
 ``webhookUrlToken`` and the notification toggles, then ``getSettings`` to show what is stored.
 Evolution: ``POST {api}/webhook/set/{instance}`` (header ``apikey``) with the v2 nested body,
-or the flat v1 body with ``--v1``. Secrets come from environment variables and are masked in
-everything printed; provider errors are shown with the provider's own message.
+or the flat v1 body with ``--v1``. WAHA: ``GET {api}/api/sessions/{session}`` (header
+``X-Api-Key``), the bridge's item put into ``config.webhooks`` in place of the one with its URL
+(or added; the other items and the rest of the config are kept), then ``PUT`` of the whole
+config, which WAHA applies by restarting the session. Secrets come from environment variables
+and are masked in everything printed; provider errors are shown with the provider's own message.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import httpx
 from bridge import arguments
 from bridge.providers.evolution import config_name
 from bridge.providers.greenapi import TOGGLES
+from bridge.tools import waha
 
 __all__ = [
     "DEFAULT_TOGGLES",
@@ -277,11 +281,80 @@ def _configure_evolution(args: argparse.Namespace, client: httpx.Client) -> int:
     return 0
 
 
+def _waha_failure(response: httpx.Response, what: str, session: str) -> ConfigureError:
+    status, message = response.status_code, provider_message(response)
+    hints = {
+        401: "WAHA rejected the API key: check --api-key-env",
+        404: f"no session {session} on this WAHA: check --session and --api-url",
+    }
+    hint = hints.get(status, "")
+    text = f"{what} answered {status} {response.reason_phrase}: {message}"
+    return ConfigureError(text + (f" ({hint})" if hint else ""))
+
+
+def _session_config(response: httpx.Response, what: str) -> dict[str, Any]:
+    """The ``config`` of a session answer ({} when it has none)."""
+    try:
+        session = response.json()
+    except ValueError:
+        session = None
+    if not isinstance(session, dict):
+        raise ConfigureError(f"{what} did not answer a session: {response.text[:300]}")
+    config = session.get("config") or {}
+    if not isinstance(config, dict):
+        raise ConfigureError(f"{what}: the session's config is not an object")
+    return config
+
+
+def _waha_entry(args: argparse.Namespace, key: str) -> dict[str, Any]:
+    if args.retries_attempts < 0 or args.retries_delay < 0:
+        raise ConfigureError("--retries-delay and --retries-attempts must be >= 0", EXIT_USAGE)
+    return waha.webhook_entry(
+        args.webhook_url,
+        events=args.events or list(waha.DEFAULT_EVENTS),
+        key=key,
+        policy=args.retries_policy,
+        delay=args.retries_delay,
+        attempts=args.retries_attempts,
+    )
+
+
+def _configure_waha(args: argparse.Namespace, client: httpx.Client) -> int:
+    api_key = _secret(args.api_key_env, "--api-key-env", required=False)
+    key = _secret(args.hmac_key_env, "--hmac-key-env", required=False)
+    entry = _waha_entry(args, key)
+    url = f"{args.api_url.rstrip('/')}/api/sessions/{quote(args.session, safe='')}"
+    headers = {"X-Api-Key": api_key} if api_key else {}
+    secrets = [api_key, key]
+    what = f"GET /api/sessions/{args.session}"
+    response = _request(lambda: client.get(url, headers=headers), what, secrets)
+    if response.status_code != 200:
+        raise _waha_failure(response, what, args.session)
+    config = _session_config(response, what)
+    webhooks, replaced = waha.merge_webhook(list(config.get("webhooks") or []), entry)
+    body = {"config": {**config, "webhooks": webhooks}}
+    what = f"PUT /api/sessions/{args.session}"
+    response = _request(lambda: client.put(url, json=body, headers=headers), what, secrets)
+    if not 200 <= response.status_code < 300:
+        raise _waha_failure(response, what, args.session)
+    stored = _session_config(response, what).get("webhooks") or webhooks
+    done = "replaced" if replaced is not None else "added"
+    print(f"WAHA session {args.session}: webhook {args.webhook_url} {done}", end="")
+    print(f" ({len(webhooks) - 1} other webhook(s) kept); config.webhooks now:")
+    print(_redact(json.dumps(waha.masked_webhooks(stored), indent=2, ensure_ascii=False), secrets))
+    if not key:
+        print("warning: no --hmac-key-env: WAHA sends these webhooks unsigned", file=sys.stderr)
+    print("note: WAHA restarts the session to apply a new config", file=sys.stderr)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         with httpx.Client(timeout=args.timeout) as client:
             if args.configure_provider == "greenapi":
                 return _configure_greenapi(args, client)
+            if args.configure_provider == "waha":
+                return _configure_waha(args, client)
             return _configure_evolution(args, client)
     except ConfigureError as exc:
         print(f"bridge configure: {exc}", file=sys.stderr)

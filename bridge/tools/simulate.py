@@ -4,12 +4,18 @@ GREEN-API: the bare notification bytes to ``{url}/webhooks/greenapi[/{instance}]
 ``Authorization: Bearer <webhookUrlToken>``. Evolution: the envelope to
 ``{url}/webhooks/evolution`` (``/{event-suffix}`` with ``--by-events``), the token in the
 configured header (``authorization: Bearer <t>`` by default). Chat API: the batch body to
-``{url}/webhooks/chatapi`` with ``Authorization: Bearer <t>``.
+``{url}/webhooks/chatapi`` with ``Authorization: Bearer <t>``. WAHA: the envelope to
+``{url}/webhooks/waha`` with WAHA's headers (``User-Agent``, a fresh ``X-Webhook-Request-Id``
+per request, ``X-Webhook-Timestamp``), signed (``X-Webhook-Hmac``, HMAC-SHA512 of the exact
+bytes) with the key in ``--hmac-key-env``; a token, if given, goes in ``--auth-header`` as a
+WAHA custom header would. The WAHA sample files are pretty-printed: their bodies are sent
+compact, every other byte kept, as WAHA's ``JSON.stringify`` sends them.
 
 Bodies are sent as the samples hold them; only ``--instance`` (Evolution ``instance``, Chat API
-``instanceId``) makes it re-encode, and ``--count`` beyond one pass gives each further
-GREEN-API copy its own ``idMessage``. The summary counts answers per status with p50/p99
-latency; the exit status is 0 only when every answer was 200. Tokens are never printed.
+``instanceId``, WAHA ``session``) makes it re-encode (compact, raw UTF-8), and ``--count``
+beyond one pass gives each further GREEN-API copy its own ``idMessage``. The summary counts
+answers per status with p50/p99 latency; the exit status is 0 only when every answer was 200.
+Tokens and keys are never printed.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import msgspec
 
 from bridge import arguments
 from bridge.providers.evolution import url_suffix
+from bridge.tools import waha
 
 __all__ = [
     "Post",
@@ -47,7 +54,7 @@ __all__ = [
     "summarize",
 ]
 
-Provider = Literal["greenapi", "evolution", "chatapi"]
+Provider = Literal["greenapi", "evolution", "chatapi", "waha"]
 PROVIDERS: Final[tuple[str, ...]] = get_args(Provider)
 EXIT_USAGE: Final = 2
 
@@ -97,6 +104,8 @@ def _sample(provider: Provider, data: bytes) -> bytes | None:
         return None
     if provider == "evolution":
         return data.strip() if probe.event is not None else None
+    if provider == "waha":
+        return waha.compact(data) if probe.event is not None else None
     if probe.messages is None and probe.ack is None and probe.chatUpdate is None:
         return None
     return data.strip()
@@ -118,7 +127,7 @@ def load_samples(provider: Provider, directory: Path | None = None) -> list[byte
 def _with_field(raw: bytes, name: str, value: str) -> bytes:
     obj = _ANY.decode(raw)
     obj[name] = value
-    return msgspec.json.encode(obj)
+    return waha.stringify(obj)
 
 
 def renumbered(raw: bytes, tag: str) -> bytes:
@@ -143,10 +152,15 @@ def build_posts(
     auth_header: str = "authorization",
     by_events: bool = False,
     run_tag: str = "",
+    hmac_key: str | None = None,
 ) -> list[Post]:
     """The requests, in order: ``count`` of them (default one per sample), cycling."""
     base = base_url.rstrip("/")
     total = len(samples) if count is None else count
+    if provider == "waha":
+        custom = {auth_header: f"Bearer {token}"} if token is not None else {}
+        url = f"{base}/webhooks/waha"
+        return _waha_posts(url, samples, total=total, session=instance, key=hmac_key, custom=custom)
     headers = {"Content-Type": "application/json"}
     if token is not None:
         name = auth_header if provider == "evolution" else "Authorization"
@@ -170,6 +184,24 @@ def build_posts(
             event = _PROBE.decode(body).event or ""
             target = f"{url}/{url_suffix(event)}"
         posts.append(Post(target, body, headers))
+    return posts
+
+
+def _waha_posts(
+    url: str,
+    samples: list[bytes],
+    *,
+    total: int,
+    session: str | None,
+    key: str | None,
+    custom: dict[str, str],
+) -> list[Post]:
+    """One signed delivery per request, each with its own request id."""
+    bodies = [_with_field(s, "session", session) for s in samples] if session else samples
+    posts = []
+    for n in range(total):
+        body = bodies[n % len(bodies)]
+        posts.append(Post(url, body, waha.webhook_headers(body, key=key, custom=custom)))
     return posts
 
 
@@ -281,6 +313,11 @@ def run(args: argparse.Namespace) -> int:
         token = os.environ.get(args.token_env)
         if not token:
             return _usage(f"environment variable {args.token_env} is not set")
+    key: str | None = None
+    if args.hmac_key_env is not None:
+        key = os.environ.get(args.hmac_key_env)
+        if not key:
+            return _usage(f"environment variable {args.hmac_key_env} is not set")
     if args.samples is not None and not args.samples.is_dir():
         return _usage(f"--samples {args.samples} is not a directory")
     try:
@@ -299,10 +336,12 @@ def run(args: argparse.Namespace) -> int:
         auth_header=args.auth_header,
         by_events=args.by_events,
         run_tag=secrets.token_hex(3).upper(),
+        hmac_key=key,
     )
     print(
         f"simulate: {len(posts)} {provider} notifications to {_shown_url(args.url)}"
-        f" (concurrency {args.concurrency}, auth {'on' if token else 'off'})",
+        f" (concurrency {args.concurrency}, auth {'on' if token else 'off'}"
+        f"{', signed' if key else ''})",
         file=sys.stderr,
     )
     results = asyncio.run(send_all(posts, concurrency=args.concurrency, timeout=args.timeout))
