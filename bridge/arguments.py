@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Final
 
 #: The providers `bridge simulate` can imitate.
-SIMULATED: Final = ("greenapi", "evolution", "chatapi", "waha")
+SIMULATED: Final = ("greenapi", "evolution", "chatapi", "waha", "meta")
 
 __all__ = [
     "DEAD_LETTER",
@@ -101,7 +101,10 @@ def simulate(parser: argparse.ArgumentParser) -> None:
     token.add_argument("--token-env", default=None, metavar="VAR", help="env var with the token")
     parser.add_argument("--instance", default=None, help="instance id / name to post as")
     parser.add_argument(
-        "--hmac-key-env", default=None, metavar="VAR", help="WAHA: env var with the HMAC key"
+        "--hmac-key-env",
+        default=None,
+        metavar="VAR",
+        help="WAHA: env var with the HMAC key; Meta: with the app secret",
     )
     parser.add_argument("--concurrency", type=int, default=1, help="requests in flight (1)")
     parser.add_argument(

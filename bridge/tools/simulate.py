@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import hmac
 import importlib.resources
 import math
 import os
@@ -54,7 +56,7 @@ __all__ = [
     "summarize",
 ]
 
-Provider = Literal["greenapi", "evolution", "chatapi", "waha"]
+Provider = Literal["greenapi", "evolution", "chatapi", "waha", "meta"]
 PROVIDERS: Final[tuple[str, ...]] = get_args(Provider)
 EXIT_USAGE: Final = 2
 
@@ -71,6 +73,7 @@ class _Probe(msgspec.Struct):
     messages: list[msgspec.Raw] | None = None
     ack: list[msgspec.Raw] | None = None
     chatUpdate: list[msgspec.Raw] | None = None
+    entry: list[msgspec.Raw] | None = None
 
 
 _PROBE: Final = msgspec.json.Decoder(_Probe)
@@ -106,6 +109,8 @@ def _sample(provider: Provider, data: bytes) -> bytes | None:
         return data.strip() if probe.event is not None else None
     if provider == "waha":
         return waha.compact(data) if probe.event is not None else None
+    if provider == "meta":  # Meta sends compact JSON, non-ASCII escaped
+        return msgspec.json.encode(_ANY.decode(data)) if probe.entry is not None else None
     if probe.messages is None and probe.ack is None and probe.chatUpdate is None:
         return None
     return data.strip()
@@ -161,6 +166,10 @@ def build_posts(
         custom = {auth_header: f"Bearer {token}"} if token is not None else {}
         url = f"{base}/webhooks/waha"
         return _waha_posts(url, samples, total=total, session=instance, key=hmac_key, custom=custom)
+    if provider == "meta":
+        return _meta_posts(
+            f"{base}/webhooks/meta", samples, total=total, account=instance, key=hmac_key
+        )
     headers = {"Content-Type": "application/json"}
     if token is not None:
         name = auth_header if provider == "evolution" else "Authorization"
@@ -203,6 +212,30 @@ def _waha_posts(
         body = bodies[n % len(bodies)]
         posts.append(Post(url, body, waha.webhook_headers(body, key=key, custom=custom)))
     return posts
+
+
+def _meta_posts(
+    url: str, samples: list[bytes], *, total: int, account: str | None, key: str | None
+) -> list[Post]:
+    """As Meta posts: `X-Hub-Signature-256: sha256=<hex>` with the app secret (``key``)."""
+    bodies = [_with_account(s, account) for s in samples] if account else samples
+    posts = []
+    for n in range(total):
+        body = bodies[n % len(bodies)]
+        headers = {"Content-Type": "application/json"}
+        if key is not None:
+            digest = hmac.new(key.encode(), body, hashlib.sha256).hexdigest()
+            headers["X-Hub-Signature-256"] = f"sha256={digest}"
+        posts.append(Post(url, body, headers))
+    return posts
+
+
+def _with_account(raw: bytes, account: str) -> bytes:
+    obj = _ANY.decode(raw)
+    for entry in obj.get("entry") or []:
+        if isinstance(entry, dict):
+            entry["id"] = account
+    return msgspec.json.encode(obj)
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float:

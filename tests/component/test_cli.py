@@ -38,8 +38,8 @@ def test_check_config_prints_effective_config_masked() -> None:
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["amqp"]["url"] == "amqp://user:***@rabbit:5672/"
-    assert len(data["sources"]) == 5
-    assert "config ok: 2 polling and 3 webhook sources" in result.stderr
+    assert len(data["sources"]) == 7
+    assert "config ok: 2 polling and 5 webhook sources" in result.stderr
     assert "secret-one" not in result.stdout + result.stderr
     assert "hunter2" not in result.stdout + result.stderr
 

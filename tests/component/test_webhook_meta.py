@@ -169,3 +169,19 @@ async def test_one_nacked_item_fails_the_post_and_the_redelivery_shares_ids(tmp_
     again = await client.post("/webhooks/meta", content=body, headers=signed(body))
     assert again.status_code == 200
     assert nacking.ids[len(tried) :] == tried  # the same message_ids, item for item
+
+
+async def test_simulate_posts_as_meta_does(tmp_path: Path) -> None:
+    from bridge.tools.simulate import build_posts, load_samples
+
+    client, stub = app(tmp_path)
+    posts = build_posts(
+        "meta", "http://bridge", load_samples("meta"), instance="102290129340398", hmac_key=SECRET
+    )
+    assert len(posts) == len(list(META.glob("*.json")))
+    for post in posts:
+        assert post.url == "http://bridge/webhooks/meta" and b"\n" not in post.body
+        response = await client.post("/webhooks/meta", content=post.body, headers=post.headers)
+        assert response.status_code == 200, response.text
+    assert {o.instance for o in stub.published} == {"102290129340398"}
+    assert len(stub.published) == len(posts)

@@ -145,13 +145,15 @@ def test_size_within_budget(img: Image) -> None:
 
 def test_check_config_of_the_shipped_configuration(img: Image) -> None:
     shipped = tomllib.loads((img.root / "app" / "bridge.toml").read_text())
-    secrets = {
-        s.get("token_env") or s["webhook_token_env"]: f"secret-{i}-{'x' * 20}"
+    secrets = {  # every secret a source names, by its variable
+        variable: f"secret-{i}-{'x' * 20}"
         for i, s in enumerate(shipped["sources"])
+        for key, variable in s.items()
+        if key.endswith("_env")
     }
     done = img.run(["bridge", "check-config", "--config", "/app/bridge.toml"], secrets)
     assert done.returncode == 0, done.stderr
-    assert "config ok: 2 polling and 3 webhook sources" in done.stderr
+    assert "config ok: 2 polling and 5 webhook sources" in done.stderr
     assert not [v for v in secrets.values() if v in done.stdout + done.stderr]
     missing = img.run(["bridge", "check-config", "--config", "/app/bridge.toml"])
     assert missing.returncode != 0
