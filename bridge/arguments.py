@@ -139,6 +139,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     green.add_argument("--timeout", type=float, default=30.0, help="seconds per request (30)")
 
+    meta = sub.add_parser(
+        "meta", help="Meta Cloud API: what to enter in the app dashboard (callback, verify token)"
+    )
+    meta.add_argument(
+        "--webhook-url", required=True, help="the bridge's public URL (…/webhooks/meta or its base)"
+    )
+    meta.add_argument(
+        "--verify-token-env",
+        required=True,
+        metavar="VAR",
+        help="env var: the source's verify token",
+    )
+    meta.add_argument("--timeout", type=float, default=30.0, help=argparse.SUPPRESS)
+
     evolution = sub.add_parser("evolution", help="Evolution API webhook/set")
     evolution.add_argument("--api-url", required=True, help="e.g. https://evolution.example.com")
     evolution.add_argument("--instance", required=True, help="the instance name")

@@ -348,8 +348,35 @@ def _configure_waha(args: argparse.Namespace, client: httpx.Client) -> int:
     return 0
 
 
+#: The webhook fields the bridge routes by item; subscribe the others you want too.
+META_FIELDS = ("messages",)
+
+
+def _configure_meta(args: argparse.Namespace) -> int:
+    """Meta has no API to set an app's callback: print what to enter in the app dashboard."""
+    url = args.webhook_url.rstrip("/")
+    if not url.startswith(("https://", "http://")):
+        raise ConfigureError(f"--webhook-url must be an http(s) URL, got {url!r}")
+    if not url.endswith("/webhooks/meta"):
+        url += "/webhooks/meta"
+    token = os.environ.get(args.verify_token_env, "")
+    if not token:
+        raise ConfigureError(f"environment variable {args.verify_token_env} is not set")
+    print("In the app dashboard: WhatsApp > Configuration > Webhook > Edit")
+    print(f"  Callback URL:  {url}")
+    print(f"  Verify token:  {token}")
+    print(f"  Subscribe:     {', '.join(META_FIELDS)} (and any other field you want routed)")
+    print("Meta checks the URL at once (GET hub.challenge): the bridge must be running and")
+    print("reachable over HTTPS, with a meta source whose verify_token_env holds this token.")
+    if not url.startswith("https://"):
+        print("warning: Meta accepts only https:// callback URLs", file=sys.stderr)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     try:
+        if args.configure_provider == "meta":
+            return _configure_meta(args)
         with httpx.Client(timeout=args.timeout) as client:
             if args.configure_provider == "greenapi":
                 return _configure_greenapi(args, client)

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import httpx
+import pytest
 
 from bridge.envelope import Outbound
 from bridge.errors import PublishNacked
@@ -185,3 +186,43 @@ async def test_simulate_posts_as_meta_does(tmp_path: Path) -> None:
         assert response.status_code == 200, response.text
     assert {o.instance for o in stub.published} == {"102290129340398"}
     assert len(stub.published) == len(posts)
+
+
+def test_configure_meta_prints_what_the_dashboard_needs(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bridge.cli import main
+
+    monkeypatch.setenv("META_VERIFY", "verify-token-0123")
+    assert (
+        main(
+            [
+                "configure",
+                "meta",
+                "--webhook-url",
+                "https://hooks.example.com/",
+                "--verify-token-env",
+                "META_VERIFY",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "Callback URL:  https://hooks.example.com/webhooks/meta" in out
+    assert "Verify token:  verify-token-0123" in out
+    monkeypatch.delenv("META_VERIFY")
+    assert (
+        main(
+            [
+                "configure",
+                "meta",
+                "--webhook-url",
+                "https://h/webhooks/meta",
+                "--verify-token-env",
+                "META_VERIFY",
+            ]
+        )
+        == 1
+    )
+    assert "META_VERIFY is not set" in capsys.readouterr().err
+    assert main(["configure", "meta", "--webhook-url", "ftp://h", "--verify-token-env", "X"]) == 1
