@@ -19,7 +19,7 @@ import pytest
 from bridge.tools import waha
 from fakeprovider.server import run_fake_provider
 from fakeprovider.waha_push import retry_after, retry_delay
-from tests.support.harness import http_receiver
+from tests.support.harness import http_receiver, wait_until
 from tests.support.wahafake import (
     API_KEY,
     ID_RE,
@@ -30,7 +30,6 @@ from tests.support.wahafake import (
     hook,
     retries,
     serve_fake,
-    wait_until,
 )
 
 WAHA_SAMPLES = Path(__file__).parents[2] / "bridge" / "data" / "samples" / "waha"

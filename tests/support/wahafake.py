@@ -12,7 +12,7 @@ import contextlib
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import httpx
@@ -107,13 +107,6 @@ async def serve_fake() -> AsyncIterator[Fake]:
 def api_client(fake: Fake) -> httpx.AsyncClient:
     headers = {"X-Api-Key": API_KEY}
     return httpx.AsyncClient(base_url=fake.url, headers=headers, timeout=10)
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
 
 
 def hook(url: str, **extra: object) -> dict[str, object]:
