@@ -10,13 +10,15 @@ one at a time (:class:`ClientPusher`), and the fake WAHA and fake Meta pushing s
   both accounts in one POST), retried with exponential back-off until exactly 200 (Meta
   promises no order either).
 
-A stream's mark is the message id its items carry: ``payload.id`` for WAHA, the
+Events are handed to the fakes at a steady pace (one per stream every ``PACE`` seconds), so
+that pushes are in flight when a fault strikes. A stream's mark is the message id its items carry: ``payload.id`` for WAHA, the
 ``messages[].id`` of the Cloud API body for Meta; the books find a published item by it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 from typing import TYPE_CHECKING
 
@@ -48,6 +50,8 @@ META_SECRET = "chaos-meta-app-secret-0123456789abcdef"
 META_TOKEN = "chaos-meta-verify-token-0123"
 META_BATCH = 25
 META_APP = "chaos"
+#: seconds between two events of one WAHA session or Meta account given to the fakes
+PACE = 0.03
 
 
 def signed_sources() -> tuple[list[str], dict[str, str]]:
@@ -130,20 +134,38 @@ class SignedPushers:
             verify_token=META_TOKEN,
             callback_url=f"{fleet.processes[0].url}/webhooks/meta",
             batch=META_BATCH,
-            linger=0.05,
+            linger=0.2,
         )
         self._hub = PushHub(httpx.AsyncClient(trust_env=False, limits=httpx.Limits()))
+        self._backlog = {
+            (kind, name): collections.deque[tuple[str, int]]()
+            for kind, names in (("waha", WAHA), ("meta", META))
+            for name in names
+        }
+        self._more = {key: asyncio.Event() for key in self._backlog}
+        self._drips: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
         self.waha.attach(self._hub)
         self.meta.attach(self._hub)
+        self._drips = [asyncio.create_task(self._drip(*key)) for key in self._backlog]
 
     def append(self, kind: str, instance: str, marks: list[tuple[str, int]]) -> None:
-        for mark, n in marks:
+        self._backlog[kind, instance].extend(marks)
+        self._more[kind, instance].set()
+
+    async def _drip(self, kind: str, instance: str) -> None:
+        backlog, more = self._backlog[kind, instance], self._more[kind, instance]
+        while True:
+            while not backlog:
+                more.clear()
+                await more.wait()
+            mark, n = backlog.popleft()
             if kind == "waha":
                 self.waha.enqueue(instance, "message", waha_payload(mark, n))
             else:
                 self.meta.enqueue(instance, "messages", meta_value(mark, n))
+            await asyncio.sleep(PACE)
 
     def delivered(self) -> int:
         """Events acknowledged so far (2xx for WAHA, exactly 200 for Meta)."""
@@ -155,8 +177,10 @@ class SignedPushers:
         return waha + self.meta.stats(META_APP).dropped
 
     def pending(self) -> int:
+        """Events not acknowledged yet: still to be given to the fakes, or being pushed."""
         waha = sum(self.waha.stats(s).pending for s in WAHA)
-        return waha + self.meta.stats(META_APP).pending
+        backlog = sum(len(b) for b in self._backlog.values())
+        return backlog + waha + self.meta.stats(META_APP).pending
 
     def notes(self) -> list[str]:
         meta = self.meta.stats(META_APP)
@@ -167,6 +191,9 @@ class SignedPushers:
         ]
 
     async def aclose(self) -> None:
+        for task in self._drips:
+            task.cancel()
+        await asyncio.gather(*self._drips, return_exceptions=True)
         self.waha.detach()
         self.meta.detach()
         await self._hub.aclose()
