@@ -75,6 +75,14 @@ def fake_provider(parser: argparse.ArgumentParser) -> None:
         " --config adds every WAHA webhook source",
     )
     parser.add_argument(
+        "--meta",
+        action="append",
+        default=[],
+        metavar="WABA:APP_SECRET[:VERIFY_TOKEN]",
+        help="a WhatsApp Business Account of a fake Meta app signing with APP_SECRET"
+        " (repeatable; one app per secret and token); --config adds every Meta source",
+    )
+    parser.add_argument(
         "--seed-samples", action="store_true", help="enqueue the sample notifications"
     )
     parser.add_argument(

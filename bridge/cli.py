@@ -257,6 +257,24 @@ def _fake_instances(
     }
 
 
+def _fake_meta(args: argparse.Namespace, settings: Settings | None) -> list[tuple[str, str, str]]:
+    """(WABA, app secret, verify token) triples: the config's Meta sources' and `--meta`'s."""
+    apps: list[tuple[str, str, str]] = []
+    if settings is not None:
+        keys, tokens = settings.hmac_keys, settings.verify_tokens
+        for s in settings.config.sources:
+            if s.provider == "meta" and s.name in keys:
+                token = tokens[s.name].reveal() if s.name in tokens else ""
+                apps.append((s.instance, keys[s.name].reveal(), token))
+    for item in args.meta:
+        waba, _, rest = item.partition(":")
+        secret, _, token = rest.partition(":")
+        if not waba.isdigit() or not secret:
+            raise ValueError(f"--meta wants WABA:APP_SECRET[:VERIFY_TOKEN], got {item!r}")
+        apps.append((waba, secret, token))
+    return apps
+
+
 def cmd_fake_provider(args: argparse.Namespace) -> int:
     settings: Settings | None = None
     try:
@@ -266,10 +284,11 @@ def cmd_fake_provider(args: argparse.Namespace) -> int:
         return _config_error(exc)
     try:
         instances = _fake_instances(args, settings)
+        meta = _fake_meta(args, settings)
     except ValueError as exc:
         print(f"bridge: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    if not any(instances.values()):
+    if not any(instances.values()) and not meta:
         print("bridge: no instances: pass --config or --instance ID:TOKEN", file=sys.stderr)
         return EXIT_CONFIG
     _setup_logging(args, settings)
@@ -285,6 +304,7 @@ def cmd_fake_provider(args: argparse.Namespace) -> int:
             evolution=instances["evolution"],
             chatapi=instances["chatapi"],
             waha=instances["waha"],
+            meta=meta,
         )
 
     async def on_shutdown() -> None:

@@ -12,7 +12,8 @@ per instance and method (429), parameters (400), then the next queued fault, the
 latency, and finally the real answer. While an instance has a ``webhookUrl`` its queue is
 pushed and ``receiveNotification`` answers ``null``. Evolution's ``/webhook/set/{name}`` and
 ``/webhook/find/{name}`` are served on the same port (:mod:`fakeprovider.evolution`), and so
-are WAHA's ``/api/sessions...`` (:mod:`fakeprovider.waha`). Control
+are WAHA's ``/api/sessions...`` (:mod:`fakeprovider.waha`); Meta only pushes
+(:mod:`fakeprovider.meta`). Control
 calls live under ``/_control`` (see :mod:`fakeprovider.control` and
 :mod:`fakeprovider.pushcontrol`).
 """
@@ -20,9 +21,6 @@ calls live under ``/_control`` (see :mod:`fakeprovider.control` and
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-from collections.abc import Callable
 from http import HTTPStatus
 from typing import Final
 
@@ -39,9 +37,17 @@ from fakeprovider.greenapi import (
     parse_receipt_id,
     parse_receive_timeout,
 )
+from fakeprovider.meta import FakeMeta
 from fakeprovider.pushcontrol import handle_push_control
 from fakeprovider.settings import SettingsError, encode_settings
 from fakeprovider.waha import FakeWaha
+from fakeprovider.waiting import (
+    connected_check,
+    header,
+    read_body,
+    sleep_unless_gone,
+    wait_for_enqueue,
+)
 
 __all__ = ["DROP_LOG_MESSAGE", "ASGIApp", "create_app"]
 
@@ -100,70 +106,22 @@ def _reason(status: int) -> str:
         return f"Error {status}"
 
 
-def _settle(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
-def _connected(receive: Receive) -> Callable[[], bool]:
-    """Whether the request's client still holds its connection, read from the socket itself
-    (a FIN or reset the server has not processed yet counts as gone). Relies on uvicorn's
-    request cycle exposing its transport; without it every client counts as connected."""
-    transport = getattr(getattr(receive, "__self__", None), "transport", None)
-
-    def connected() -> bool:
-        if transport is None:
-            return True
-        if transport.is_closing():
-            return False
-        sock = transport.get_extra_info("socket")
-        if sock is None:
-            return True
-        try:
-            with socket.socket(fileno=os.dup(sock.fileno())) as peek:
-                data = peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return True  # nothing to read: the connection is open
-        except OSError:
-            return False  # reset
-        return data != b""  # b"": the client closed its side
-
-    return connected
-
-
-async def _until_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-async def _read_body(receive: Receive) -> bytes | None:
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value).decode("latin-1")
-    return None
-
-
 class _FakeProvider:
-    __slots__ = ("chatapi", "evolution", "state", "waha")
+    __slots__ = ("chatapi", "evolution", "meta", "state", "waha")
 
     def __init__(
-        self, state: FakeGreenApi, evolution: FakeEvolution, chatapi: FakeChatApi, waha: FakeWaha
+        self,
+        state: FakeGreenApi,
+        evolution: FakeEvolution,
+        chatapi: FakeChatApi,
+        waha: FakeWaha,
+        meta: FakeMeta,
     ) -> None:
         self.state = state
         self.evolution = evolution
         self.chatapi = chatapi
         self.waha = waha
+        self.meta = meta
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -172,7 +130,7 @@ class _FakeProvider:
             if path.startswith("/waInstance"):
                 await self._provider(scope, receive, send)
             elif path.startswith(("/_control", "/webhook/", "/api/sessions")):
-                body = await _read_body(receive)
+                body = await read_body(receive)
                 if body is not None:
                     status, reply = self._buffered(scope, path, body)
                     await answer(send, status, reply)
@@ -184,10 +142,10 @@ class _FakeProvider:
     def _buffered(self, scope: Scope, path: str, body: bytes) -> tuple[int, bytes]:
         method: str = scope["method"]
         if path.startswith("/webhook/"):
-            apikey = _header(scope, b"apikey")
+            apikey = header(scope, b"apikey")
             return self.evolution.handle_api(method, path, apikey, body)
         if path.startswith("/api/sessions"):
-            return self.waha.handle_api(method, path, _header(scope, b"x-api-key"), body)
+            return self.waha.handle_api(method, path, header(scope, b"x-api-key"), body)
         answer = handle_push_control(
             method,
             path,
@@ -196,6 +154,7 @@ class _FakeProvider:
             evolution=self.evolution,
             chatapi=self.chatapi,
             waha=self.waha,
+            meta=self.meta,
         )
         if answer is not None:
             return answer
@@ -204,6 +163,7 @@ class _FakeProvider:
             self.evolution.reset()
             self.chatapi.reset()
             self.waha.reset()
+            self.meta.reset()
         return status, result
 
     async def _provider(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -238,7 +198,7 @@ class _FakeProvider:
         if settings:
             await self._settings(instance, parts[2] == "setSettings", receive, send)
         elif receiving:
-            handle = instance.begin_receive(_connected(receive))
+            handle = instance.begin_receive(connected_check(receive))
             try:
                 await self._receive(instance, scope, receive, send)
             finally:
@@ -284,7 +244,7 @@ class _FakeProvider:
             remaining = deadline - loop.time()
             if remaining <= 0.0 or instance.closed or self.state.draining:
                 break
-            if not await _wait(loop, instance, remaining, receive):
+            if not await wait_for_enqueue(loop, instance, remaining, receive):
                 return  # the client went away: nobody to answer
         await answer(send, 200, _NULL)
 
@@ -311,7 +271,7 @@ class _FakeProvider:
     async def _settings(
         self, instance: Instance, setting: bool, receive: Receive, send: Send
     ) -> None:
-        body = await _read_body(receive) if setting else b""
+        body = await read_body(receive) if setting else b""
         if body is None:
             return
         window = instance.set_settings_window if setting else instance.get_settings_window
@@ -340,46 +300,7 @@ async def _faulted(fault: Fault, latency: float, receive: Receive, send: Send) -
             await asyncio.sleep(latency)
         await _answer_fault(send, fault)
         return True
-    return not await _sleep_unless_gone(fault.delay, receive)
-
-
-async def _sleep_unless_gone(delay: float, receive: Receive) -> bool:
-    """Sleep ``delay`` seconds unless the client disconnects first; False on a disconnect."""
-    watcher = asyncio.ensure_future(_until_disconnect(receive))
-    try:
-        done, _ = await asyncio.wait({watcher}, timeout=delay)
-    finally:
-        watcher.cancel()
-    if not done:
-        return True
-    if not watcher.cancelled():
-        watcher.exception()  # a failing receive also means the client is gone
-    return False
-
-
-async def _wait(
-    loop: asyncio.AbstractEventLoop, instance: Instance, timeout: float, receive: Receive
-) -> bool:
-    """Wait for an enqueue, the timeout or a disconnect; False only on a disconnect."""
-    waiter: asyncio.Future[None] = loop.create_future()
-    instance.waiters.add(waiter)
-    timer = loop.call_later(timeout, _settle, waiter)
-    watcher = loop.create_task(_until_disconnect(receive))
-    watcher.add_done_callback(lambda _: _settle(waiter))
-    try:
-        await waiter
-    except BaseException:
-        watcher.cancel()
-        raise
-    finally:
-        timer.cancel()
-        instance.waiters.discard(waiter)
-    if not watcher.done():
-        watcher.cancel()
-        return True
-    if not watcher.cancelled():
-        watcher.exception()  # retrieve it: a failing receive also means the client is gone
-    return False
+    return not await sleep_unless_gone(fault.delay, receive)
 
 
 def create_app(
@@ -388,9 +309,14 @@ def create_app(
     evolution: FakeEvolution | None = None,
     chatapi: FakeChatApi | None = None,
     waha: FakeWaha | None = None,
+    meta: FakeMeta | None = None,
 ) -> ASGIApp:
     """The raw ASGI app serving the provider APIs and ``/_control`` over the states (an
-    Evolution, Chat API or WAHA state left out is a new, empty one)."""
+    Evolution, Chat API, WAHA or Meta state left out is a new, empty one)."""
     return _FakeProvider(
-        state, evolution or FakeEvolution(), chatapi or FakeChatApi(), waha or FakeWaha()
+        state,
+        evolution or FakeEvolution(),
+        chatapi or FakeChatApi(),
+        waha or FakeWaha(),
+        meta or FakeMeta(),
     )

@@ -39,6 +39,8 @@ WAHA (webhooks are set through WAHA's own sessions API too, ``/api/sessions``)::
     PUT    /_control/waha/delivery                    {"timeout"?, "jitter"?}
     GET    /_control/waha/stats
 
+Meta: see :mod:`fakeprovider.meta_control` (``/_control/meta/...``).
+
 Config fields: ``webhook_url``, ``auth`` (query|bearer|none), ``batch_size``,
 ``batch_interval``, ``max_attempts``, ``retry_pause``, ``timeout``.
 """
@@ -56,6 +58,8 @@ from fakeprovider.control import ControlError, decode_body
 from fakeprovider.evolution import FakeEvolution, UnknownEvolutionInstance
 from fakeprovider.evolution_push import RetryPolicy
 from fakeprovider.greenapi import FakeGreenApi, UnknownInstanceError
+from fakeprovider.meta import FakeMeta, UnknownMetaApp
+from fakeprovider.meta_control import handle_meta_control
 from fakeprovider.settings import SettingsError, encode_settings
 from fakeprovider.waha import FakeWaha, UnknownWahaSession
 from fakeprovider.waha_push import CustomHeader, Hmac, Retries, WahaWebhook, validate_webhooks
@@ -298,6 +302,7 @@ def handle_push_control(
     evolution: FakeEvolution,
     chatapi: FakeChatApi,
     waha: FakeWaha,
+    meta: FakeMeta,
 ) -> tuple[int, bytes] | None:
     """Answer a pusher control request, or None when ``path`` is not one of these routes."""
     parts = path.removeprefix("/_control").strip("/").split("/")
@@ -308,6 +313,8 @@ def handle_push_control(
             return 200, _chatapi(chatapi, method, parts[1:], body)
         if parts[0] == "waha":
             return 200, _waha(waha, method, parts[1:], body)
+        if parts[0] == "meta":
+            return 200, handle_meta_control(meta, method, parts[1:], body)
         answer = _greenapi(green, method, parts, body)
         return None if answer is None else (200, answer)
     except (
@@ -315,6 +322,7 @@ def handle_push_control(
         UnknownEvolutionInstance,
         UnknownChatApiInstance,
         UnknownWahaSession,
+        UnknownMetaApp,
     ) as exc:
         status, message = 404, f"unknown instance {exc.args[0]}"
     except ControlError as exc:

@@ -27,6 +27,7 @@ from fakeprovider.app import DROP_LOG_MESSAGE, create_app
 from fakeprovider.chatapi import FakeChatApi
 from fakeprovider.evolution import FakeEvolution
 from fakeprovider.greenapi import FakeGreenApi
+from fakeprovider.meta import FakeMeta
 from fakeprovider.push import PushHub
 from fakeprovider.samples import sample_notifications
 from fakeprovider.waha import FakeWaha
@@ -54,10 +55,17 @@ async def serve(
     evolution: FakeEvolution | None = None,
     chatapi: FakeChatApi | None = None,
     waha: FakeWaha | None = None,
+    meta: FakeMeta | None = None,
 ) -> None:
     """Serve ``state`` on host:port until cancelled, then drain long polls and shut down."""
     await serve_socket(
-        state, bind(host, port), ready=ready, evolution=evolution, chatapi=chatapi, waha=waha
+        state,
+        bind(host, port),
+        ready=ready,
+        evolution=evolution,
+        chatapi=chatapi,
+        waha=waha,
+        meta=meta,
     )
 
 
@@ -69,19 +77,21 @@ async def serve_socket(
     evolution: FakeEvolution | None = None,
     chatapi: FakeChatApi | None = None,
     waha: FakeWaha | None = None,
+    meta: FakeMeta | None = None,
 ) -> None:
     """Like :func:`serve` on an already bound socket (port 0 lets the OS choose).
 
-    ``evolution``, ``chatapi`` and ``waha`` are served and pushed too (new empty ones when
-    left out, reachable through the control API only).
+    ``evolution``, ``chatapi``, ``waha`` and ``meta`` are served and pushed too (new empty
+    ones when left out, reachable through the control API only).
     """
     evolution = evolution or FakeEvolution()
     chatapi = chatapi or FakeChatApi()
     waha = waha or FakeWaha()
+    meta = meta or FakeMeta()
     host, port = sock.getsockname()[:2]
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # see bridge.httpserver.bind
     config = uvicorn.Config(
-        create_app(state, evolution=evolution, chatapi=chatapi, waha=waha),
+        create_app(state, evolution=evolution, chatapi=chatapi, waha=waha, meta=meta),
         host=host,
         port=port,
         log_level="warning",
@@ -98,7 +108,7 @@ async def serve_socket(
     uvicorn_logger.addFilter(quiet)
     state.draining = False
     hub = PushHub()
-    providers = (state, evolution, chatapi, waha)
+    providers = (state, evolution, chatapi, waha, meta)
     for provider in providers:
         provider.attach(hub)
     task = asyncio.ensure_future(server.serve(sockets=[sock]))
@@ -174,6 +184,17 @@ def _waha_state(sessions: list[tuple[str, str]], api_key: str | None) -> FakeWah
     return state
 
 
+def _meta_state(apps: list[tuple[str, str, str]]) -> FakeMeta:
+    """One app per (app secret, verify token), subscribed to its WABAs; its name is
+    ``app1``, ``app2``... in the order of first appearance."""
+    state = FakeMeta()
+    names: dict[tuple[str, str], str] = {}
+    for waba, secret, token in apps:
+        name = names.setdefault((secret, token), f"app{len(names) + 1}")
+        state.add_app(name, secret, [waba], verify_token=token or None)
+    return state
+
+
 async def run_fake_provider(
     listen: str,
     instances: list[tuple[str, str]],
@@ -186,6 +207,7 @@ async def run_fake_provider(
     evolution_api_key: str | None = None,
     waha: list[tuple[str, str]] | None = None,
     waha_api_key: str | None = None,
+    meta: list[tuple[str, str, str]] | None = None,
 ) -> None:
     """Build the fake's state, optionally seed and feed samples, and serve until cancelled.
 
@@ -194,13 +216,15 @@ async def run_fake_provider(
     instances (``evolution_api_key`` is the global ``apikey``), ``chatapi`` ``(id, token)``
     pairs of Chat API instances (configured through the control API), ``waha`` holds
     ``(session, hmac key)`` pairs of WAHA sessions (``waha_api_key`` is the ``X-Api-Key`` its
-    sessions API wants; none: any).
+    sessions API wants; none: any), ``meta`` ``(WABA, app secret, verify token)`` triples
+    of Meta apps (their callback URL set through the control API).
     """
     host, port = parse_listen(listen)
     state, evolution_state, chatapi_state = _states(
         instances, evolution or [], chatapi or [], latency, evolution_api_key
     )
     waha_state = _waha_state(waha or [], waha_api_key)
+    meta_state = _meta_state(meta or [])
     ids = [id for id, _ in instances]
     samples = sample_notifications()
     if seed_samples:
@@ -216,6 +240,7 @@ async def run_fake_provider(
             evolution=evolution_state,
             chatapi=chatapi_state,
             waha=waha_state,
+            meta=meta_state,
         )
     )
     feeder: asyncio.Task[None] | None = None
@@ -230,6 +255,7 @@ async def run_fake_provider(
             evolution=_describe(list(evolution_state.instances)),
             chatapi=_describe(list(chatapi_state.instances)),
             waha=_describe(list(waha_state.sessions)),
+            meta=_describe([w for app in meta_state.apps.values() for w in app.wabas]),
             seeded=len(samples) if seed_samples else 0,
             feed_interval=feed_interval,
             latency=latency,

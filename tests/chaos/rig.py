@@ -7,9 +7,12 @@ Pieces, all started once per module:
 * the fake GREEN-API in this process: ``POLL`` instances polled by the bridge, ``PUSH``
   instances pushed by the fake's own webhook pusher (one at a time, resent until HTTP 200),
   each aimed at one bridge process;
-* ``CLIENT`` instances pushed by :class:`_ClientPusher` here: one request at a time per
-  instance, any bridge process (moving to the next one after a failure, like a load balancer),
-  only HTTP 200 counts as acknowledged, anything else is retried;
+* ``CLIENT`` instances pushed by :class:`~tests.chaos.pushers.ClientPusher` here: one request
+  at a time per instance, any bridge process (moving to the next one after a failure, like a
+  load balancer), only HTTP 200 counts as acknowledged, anything else is retried;
+* ``WAHA`` sessions and a Meta app with the ``META`` accounts, pushed by the fake WAHA and the
+  fake Meta in this process (:class:`~tests.chaos.pushers.SignedPushers`): signed, concurrent,
+  batched for Meta, retried until acknowledged; their order is not promised, so not checked;
 * ``bridge run`` processes with one config (:class:`~tests.support.fleet.BridgeFleet`), three
   sharing the polling sources through their leases (``BRIDGE_CHAOS_PROCESSES``, 3);
 * a durable quorum sink queue bound ``#`` to the bridge's exchange.
@@ -17,7 +20,7 @@ Pieces, all started once per module:
 A phase (:meth:`Rig.begin` … :meth:`Rig.settle`) feeds new notifications, lets a test inject a
 fault, waits until the providers got every notification acknowledged, drains the sink and
 computes a :class:`~tests.chaos.report.Row`: sent, acknowledged, found, lost, duplicates (and
-whether they kept their ``message_id``), order violations, RSS.
+whether they kept their ``message_id``), order violations (GREEN-API streams), RSS.
 """
 
 from __future__ import annotations
@@ -35,9 +38,9 @@ from pathlib import Path
 from typing import Literal
 
 import aio_pika
-import httpx
 from aio_pika.abc import AbstractIncomingMessage
 
+from tests.chaos.pushers import META, WAHA, ClientPusher, SignedPushers, mark_of, signed_sources
 from tests.chaos.report import Row
 from tests.support.fleet import BridgeFleet, RssSampler
 from tests.support.harness import (
@@ -68,12 +71,16 @@ READ_TIMEOUT = RECEIVE_TIMEOUT + TIMEOUT_MARGIN
 
 PROCESSES = int(os.environ.get("BRIDGE_CHAOS_PROCESSES", "3"))
 
-Kind = Literal["poll", "push", "client"]
+Kind = Literal["poll", "push", "client", "waha", "meta"]
+#: the kinds whose provider delivers an instance's notifications in order
+ORDERED: frozenset[Kind] = frozenset(("poll", "push", "client"))
+SIGNED: frozenset[Kind] = frozenset(("waha", "meta"))
 
 
 @dataclass
 class Stream:
-    """One provider instance's notifications, in provider order."""
+    """One provider instance's notifications, in the order they were given to the provider
+    (for WAHA and Meta streams, ``sent`` holds the marks: see :mod:`tests.chaos.pushers`)."""
 
     instance: str
     kind: Kind
@@ -92,6 +99,17 @@ class Phase:
     started: float = field(default_factory=time.monotonic)
     injected: int = 0
     notes: list[str] = field(default_factory=list)
+    signed_dropped: int = 0  # WAHA and Meta events dropped by their fakes before the phase
+
+
+@dataclass
+class _Tally:
+    copies: Counter[tuple[str, int]] = field(default_factory=Counter)
+    ids: defaultdict[tuple[str, int], set[str | None]] = field(
+        default_factory=lambda: defaultdict(set)
+    )
+    first_order: defaultdict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    foreign: int = 0
 
 
 @dataclass(frozen=True)
@@ -99,6 +117,7 @@ class Drained:
     body: bytes
     message_id: str | None
     instance: str
+    provider: str = "greenapi"
 
 
 def _body(tag: str, instance: str, n: int) -> bytes:
@@ -137,7 +156,9 @@ def bridge_config(amqp_url: str, names: Names, api_url: str) -> tuple[str, dict[
         lease="interval = 1.0\nsettle = 3.0\nheartbeat = 5",  # the defaults, as deployed
     )  # fmt: skip
     env["CHAOS_HOOK"] = HOOK_TOKEN
-    lines = [text]
+    signed, signed_env = signed_sources()
+    env.update(signed_env)
+    lines = [text, *signed]
     for ident in PUSH + CLIENT:
         lines += [
             "[[sources]]",
@@ -147,52 +168,6 @@ def bridge_config(amqp_url: str, names: Names, api_url: str) -> tuple[str, dict[
             'webhook_token_env = "CHAOS_HOOK"',
         ]
     return "\n".join(lines) + "\n", env
-
-
-class _ClientPusher:
-    """Pushes the CLIENT streams: sequential per instance, only 200 acknowledges."""
-
-    def __init__(self, fleet: BridgeFleet, streams: list[Stream]) -> None:
-        self._fleet = fleet
-        self._streams = streams
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(15, connect=2), trust_env=False, limits=httpx.Limits()
-        )
-        self._tasks: list[asyncio.Task[None]] = []
-
-    def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self._push(s, i), name=f"client-push-{s.instance}")
-            for i, s in enumerate(self._streams)
-        ]
-
-    async def _push(self, stream: Stream, target: int) -> None:
-        headers = {"Authorization": f"Bearer {HOOK_TOKEN}", "Content-Type": "application/json"}
-        while True:
-            while stream.acked >= len(stream.sent):
-                stream.more.clear()
-                await stream.more.wait()
-            body = stream.sent[stream.acked]
-            port = self._fleet.ports[target % len(self._fleet.ports)]
-            url = f"http://127.0.0.1:{port}/webhooks/greenapi/{stream.instance}"
-            try:
-                status: int | str = (
-                    await self._client.post(url, content=body, headers=headers)
-                ).status_code
-            except httpx.HTTPError as exc:
-                status = type(exc).__name__
-            if status == 200:
-                stream.acked += 1
-                continue
-            stream.refused[str(status)] += 1
-            target += 1  # try the next process, like a load balancer after a failure
-            await asyncio.sleep(0.1)
-
-    async def aclose(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._client.aclose()
 
 
 class Rig:
@@ -216,10 +191,14 @@ class Rig:
             *(Stream(i, "poll") for i in POLL),
             *(Stream(i, "push") for i in PUSH),
             *(Stream(i, "client") for i in CLIENT),
+            *(Stream(i, "waha") for i in WAHA),
+            *(Stream(i, "meta") for i in META),
         ]
         self._by_instance = {s.instance: s for s in self.streams}
         self._where: dict[bytes, tuple[str, int]] = {}  # body -> (instance, index)
-        self.pusher = _ClientPusher(fleet, [s for s in self.streams if s.kind == "client"])
+        clients = [s for s in self.streams if s.kind == "client"]
+        self.pusher = ClientPusher(fleet, clients, HOOK_TOKEN)
+        self.signed = SignedPushers(fleet)
         #: settled RSS per slot after the baseline phase: (pid, bytes)
         self.baseline_rss: dict[int, tuple[int, int]] = {}
         self._phases = 0
@@ -229,9 +208,8 @@ class Rig:
     def begin(self, fault: str) -> Phase:
         self._phases += 1
         self.sampler.reset()
-        return Phase(
-            fault, f"p{self._phases}", starts={s.instance: len(s.sent) for s in self.streams}
-        )
+        starts = {s.instance: len(s.sent) for s in self.streams}
+        return Phase(fault, f"p{self._phases}", starts, signed_dropped=self.signed.dropped())
 
     def feed(self, phase: Phase, total: int) -> None:
         """Append ``total`` new notifications: ``POLL_SHARE`` to the polling instances, the
@@ -246,31 +224,40 @@ class Rig:
 
     def _append(self, phase: Phase, stream: Stream, count: int) -> None:
         start = len(stream.sent)
-        bodies = [
-            _body(phase.tag, stream.instance, n - phase.starts[stream.instance])
-            for n in range(start, start + count)
-        ]
+        numbers = [n - phase.starts[stream.instance] for n in range(start, start + count)]
+        if stream.kind in SIGNED:
+            marks = [f"{phase.tag}-{stream.instance}-{n:06d}" for n in numbers]
+            bodies = [mark.encode() for mark in marks]
+        else:
+            bodies = [_body(phase.tag, stream.instance, n) for n in numbers]
         for offset, body in enumerate(bodies):
             self._where[body] = (stream.instance, start + offset)
         stream.sent += bodies
         if stream.kind == "client":
             stream.more.set()
+        elif stream.kind in SIGNED:
+            self.signed.append(stream.kind, stream.instance, list(zip(marks, numbers, strict=True)))
         else:
             stream.receipts += self.fake.state.enqueue_many(stream.instance, bodies)
 
     def acknowledged(self) -> int:
         """Notifications acknowledged to the providers so far (deleted, or answered 200)."""
         instances = self.fake.state.instances
-        return sum(
-            s.acked if s.kind == "client" else instances[s.instance].deleted for s in self.streams
+        green = sum(
+            s.acked if s.kind == "client" else instances[s.instance].deleted
+            for s in self.streams
+            if s.kind in ORDERED
         )
+        return green + self.signed.delivered()
 
     def outstanding(self) -> int:
         instances = self.fake.state.instances
-        return sum(
+        green = sum(
             len(s.sent) - s.acked if s.kind == "client" else len(instances[s.instance].queue)
             for s in self.streams
+            if s.kind in ORDERED
         )
+        return green + self.signed.pending()
 
     async def wait_acked(self, target: int, timeout: float) -> None:
         await wait_for(lambda: self.acknowledged() >= target, timeout, f"{target} acknowledged")
@@ -311,9 +298,9 @@ class Rig:
 
             async def on_message(message: AbstractIncomingMessage) -> None:
                 nonlocal last
-                out.append(
-                    Drained(message.body, message.message_id, str(message.headers["x-instance"]))
-                )
+                headers = message.headers
+                instance, provider = str(headers["x-instance"]), str(headers["x-provider"])
+                out.append(Drained(message.body, message.message_id, instance, provider))
                 last = time.monotonic()
                 await message.ack()
 
@@ -328,40 +315,48 @@ class Rig:
             await queue.cancel(tag)
         return out
 
-    def _account(self, phase: Phase, messages: list[Drained], drained_in_time: bool) -> Row:
-        copies: dict[tuple[str, int], int] = Counter()
-        ids: dict[tuple[str, int], set[str | None]] = defaultdict(set)
-        first_order: dict[str, list[int]] = defaultdict(list)
-        foreign = 0
+    def _tally(self, messages: list[Drained]) -> _Tally:
+        """Where each drained message came from: copies, message ids, first-copy order."""
+        tally = _Tally()
         for message in messages:
-            where = self._where.get(message.body)
+            mark = mark_of(message.provider, message.body)
+            where = self._where.get(message.body if mark is None else mark.encode())
             if where is None or where[0] != message.instance:
-                foreign += 1
+                tally.foreign += 1
                 continue
-            copies[where] += 1
-            ids[where].add(message.message_id)
-            if copies[where] == 1:
-                first_order[where[0]].append(where[1])
+            tally.copies[where] += 1
+            tally.ids[where].add(message.message_id)
+            if tally.copies[where] == 1:
+                tally.first_order[where[0]].append(where[1])
+        return tally
+
+    def _account(self, phase: Phase, messages: list[Drained], drained_in_time: bool) -> Row:
+        tally = self._tally(messages)
+        copies, ids, first_order = tally.copies, tally.ids, tally.first_order
+        foreign = tally.foreign
         deleted: set[int] = set()
         for ident in POLL + PUSH:
             deleted.update(self.fake.state.instance_stats(ident).deleted_receipts)
+        signed_dropped = self.signed.dropped() - phase.signed_dropped
         sent = acked = found = lost = order_violations = id_changes = 0
         lost_examples: list[str] = []
         for stream in self.streams:
             start = phase.starts[stream.instance]
             indices = range(start, len(stream.sent))
             sent += len(indices)
+            present = {i for i in indices if copies.get((stream.instance, i))}
             if stream.kind == "client":
                 acked_idx = set(range(start, stream.acked))
+            elif stream.kind in SIGNED:  # the fakes count, not per event: all, unless dropped
+                acked_idx = present if signed_dropped or not drained_in_time else set(indices)
             else:
                 acked_idx = {i for i in indices if stream.receipts[i] in deleted}
             acked += len(acked_idx)
-            present = {i for i in indices if copies.get((stream.instance, i))}
             found += len(present)
             missing = sorted(acked_idx - present)
             lost += len(missing)
             lost_examples += [f"{stream.instance}#{i - start}" for i in missing[:3]]
-            seq = first_order.get(stream.instance, [])
+            seq = first_order.get(stream.instance, []) if stream.kind in ORDERED else []
             order_violations += sum(1 for a, b in itertools.pairwise(seq) if b < a)
             id_changes += sum(1 for i in indices if len(ids.get((stream.instance, i), ())) > 1)
         in_phase = sum(copies.values())
@@ -372,6 +367,9 @@ class Rig:
             phase.notes.append(f"{id_changes} notifications republished with a new message_id")
         if lost_examples:
             phase.notes.append("lost: " + ", ".join(lost_examples[:10]))
+        if signed_dropped:
+            phase.notes.append(f"{signed_dropped} WAHA/Meta events dropped by their fakes")
+        phase.notes += self.signed.notes()
         overlapped = [i for i in POLL if self.fake.state.instance_stats(i).overlapped]
         push_overlap = [i for i in PUSH if self.fake.state.push_stats(i).overlapped]
         for ident in overlapped:
@@ -445,6 +443,8 @@ async def rig_context(node: RabbitNode, tmp: Path) -> AsyncIterator[Rig]:
             fake.state.set_webhook(ident, f"{process.url}/webhooks/greenapi/{ident}", HOOK_TOKEN)
         stack.push_async_callback(rig.pusher.aclose)
         rig.pusher.start()
+        stack.push_async_callback(rig.signed.aclose)
+        rig.signed.start()
         yield rig
 
 
