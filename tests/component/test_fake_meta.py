@@ -19,6 +19,7 @@ from fakeprovider.greenapi import FakeGreenApi
 from fakeprovider.meta import FakeMeta
 from fakeprovider.server import _meta_state, serve_socket
 from tests.component.test_webhooks import app_of
+from tests.support.harness import wait_until
 from tests.support.metafake import (
     OTHER_WABA,
     SECRET,
@@ -29,7 +30,6 @@ from tests.support.metafake import (
     quick,
     receiving,
     text_message,
-    wait_until,
 )
 
 CONFIG = f"""

@@ -15,6 +15,7 @@ from bridge.providers import meta
 from bridge.providers.base import Item
 from fakeprovider.meta import FakeMeta
 from fakeprovider.meta_push import Update, batch_body
+from tests.support.harness import wait_until
 from tests.support.metafake import (
     OTHER_WABA,
     SECRET,
@@ -25,7 +26,6 @@ from tests.support.metafake import (
     quick,
     receiving,
     text_message,
-    wait_until,
 )
 
 
@@ -128,7 +128,8 @@ async def test_anything_but_200_is_retried_with_growing_delays(receiver: Receive
     assert len({p.headers["x-hub-signature-256"] for p in posts}) == 1
     gaps = [b.at - a.at for a, b in itertools.pairwise(posts)]
     for gap, expected in zip(gaps, [0.05, 0.1, 0.2, 0.4], strict=True):
-        assert expected * 0.9 <= gap < expected + 0.3, gaps
+        # never early (the doubling shows); late by jitter and a busy machine's stall at most
+        assert expected * 0.9 <= gap < expected * 1.25 + 0.45, gaps
     stats = state.stats("app")
     assert (stats.retried, stats.failures, stats.successes) == (4, 4, 1)
     assert stats.statuses == {"500": 1, "201": 1, "429": 1, "204": 1, "200": 1}
@@ -145,7 +146,9 @@ async def test_dropped_after_the_max_age_and_logged(
             state.enqueue(WABA, "messages", text_message("wamid.D1"))
             await wait_until(lambda: state.stats("app").dropped == 1)
     posts = receiver.posts
-    assert 3 <= len(posts) <= 6 and posts[-1].at - posts[0].at <= 0.5
+    # retried, and never once the batch was older than its max age (a post sent just before
+    # may arrive a little after it on a busy machine)
+    assert 2 <= len(posts) <= 6 and posts[-1].at - posts[0].at <= 0.5 + 0.3
     stats = state.stats("app")
     assert (stats.delivered, stats.pending, stats.given_up) == (0, 0, 1)
     assert any("fake.meta_dropped" in r.getMessage() for r in caplog.records)

@@ -8,10 +8,9 @@ of ``script`` (200 once it is empty).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import httpx
@@ -100,13 +99,6 @@ async def pushing(meta: FakeMeta, client: httpx.AsyncClient | None = None) -> As
     finally:
         meta.detach()
         await hub.aclose()
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
 
 
 def text_message(id: str, text: str = "hi", sender: str = "5511987654321") -> dict[str, object]:
