@@ -24,6 +24,7 @@ import httpx
 import msgspec
 
 from bridge.logs import get_logger
+from bridge.providers.waha import KNOWN_EVENTS
 from bridge.tools import waha
 from fakeprovider.push import PushCounters, outcome_label
 
@@ -43,41 +44,8 @@ __all__ = [
 
 log = get_logger(__name__)
 
-EVENTS: Final = frozenset(
-    (
-        "session.status",
-        "message",
-        "message.any",
-        "message.reaction",
-        "message.ack",
-        "message.ack.group",
-        "message.waiting",
-        "message.edited",
-        "message.revoked",
-        "chat.archive",
-        "group.v2.join",
-        "group.v2.leave",
-        "group.v2.update",
-        "group.v2.participants",
-        "group.v2.participants.join-request",
-        "presence.update",
-        "poll.vote",
-        "poll.vote.failed",
-        "event.response",
-        "event.response.failed",
-        "label.upsert",
-        "label.deleted",
-        "label.chat.added",
-        "label.chat.deleted",
-        "call.received",
-        "call.accepted",
-        "call.rejected",
-        "engine.event",
-        "state.change",
-        "group.join",
-        "group.leave",
-    )
-)
+#: every event WAHA documents: the provider's own list
+EVENTS: Final = KNOWN_EVENTS
 #: what ``"*"`` leaves out
 _NOT_WILD: Final = frozenset(("state.change", "engine.event"))
 DEFAULT_ATTEMPTS: Final = 15
