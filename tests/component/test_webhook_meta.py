@@ -16,10 +16,7 @@ from tests.component.test_webhooks import StubPublisher, app_of
 from tests.unit.test_meta import META, batch, compact
 
 SECRET = "meta-app-secret-5f1c2b3a4d"
-CONFIG = """
-[http]
-retry_after = 7
-
+SOURCES = """
 [[sources]]
 provider = "meta"
 mode = "webhook"
@@ -33,6 +30,7 @@ mode = "webhook"
 instance = "102290129340398"
 app_secret_env = "SECRET"
 """
+CONFIG = "[http]\nretry_after = 7\n" + SOURCES
 ENV = {"SECRET": SECRET, "VERIFY": "verify-token-0123"}
 
 

@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from bridge.app import Service
-from tests.conftest import AMQP_URL
 from tests.support.harness import (
-    Collected,
-    Names,
-    collector,
-    delete_topology,
-    settings_for,
     wait_until,
 )
+from tests.support.live import bridge_log_text, live_bridge
 from tests.unit.test_waha import WAHA, compact, sign
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -30,16 +20,7 @@ KEY = "waha-live-hmac-key-8c1f0e2a9b"
 TOKEN = "waha-live-header-token-77"
 
 
-def config(names: Names) -> str:
-    return f"""
-[amqp]
-url = "{AMQP_URL}"
-exchange = "{names.exchange}"
-unrouted_exchange = "{names.unrouted}"
-invalid_exchange = "{names.invalid}"
-confirm_timeout = 3
-[http]
-listen = "127.0.0.1:0"
+SOURCES = """
 [[sources]]
 provider = "waha"
 mode = "webhook"
@@ -48,24 +29,7 @@ hmac_key_env = "KEY"
 webhook_token_env = "TOKEN"
 webhook_header = "x-api-key"
 """
-
-
-@contextlib.asynccontextmanager
-async def live(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Collected, Names]]:
-    names = Names()
-    service = Service(settings_for(tmp_path, config(names), {"KEY": KEY, "TOKEN": TOKEN}))
-    task = asyncio.create_task(service.run())
-    try:
-        async with collector(AMQP_URL, names.exchange) as got:
-            await asyncio.wait_for(service.publisher.wait_ready(), 15)
-            await asyncio.wait_for(service.http.listening.wait(), 5)
-            base = f"http://127.0.0.1:{service.http_port}"
-            async with httpx.AsyncClient(base_url=base) as client:
-                yield client, got, names
-    finally:
-        await service.shutdown()
-        await asyncio.wait_for(task, 30)
-        await delete_topology(AMQP_URL, names)
+ENV = {"KEY": KEY, "TOKEN": TOKEN}
 
 
 def headers(body: bytes, key: str = KEY) -> dict[str, str]:
@@ -83,7 +47,7 @@ async def test_signed_samples_reach_rabbitmq_and_nothing_leaks(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     bodies = [compact(p) for p in sorted(WAHA.glob("*.json"))]
-    async with live(tmp_path) as (client, got, _names):
+    async with live_bridge(tmp_path, SOURCES, ENV) as (client, got):
         for body in bodies:  # a forged one first: refused, nothing published
             forged = await client.post(
                 "/webhooks/waha", content=body, headers=headers(body, "x" * 20)
@@ -102,9 +66,7 @@ async def test_signed_samples_reach_rabbitmq_and_nothing_leaks(
             message.headers["x-provider"] == "waha" and message.headers["x-instance"] == "default"
         )
         assert message.delivery_mode == 2 and message.message_id
-    ours = [r for r in caplog.records if r.name.startswith(("bridge", "uvicorn", "aio"))]
-    text = "\n".join(r.getMessage() + repr(getattr(r, "bridge_fields", "")) for r in ours)
-    assert ours  # the bridge logged (at DEBUG) what it did
+    text = bridge_log_text(caplog)
     for secret in (KEY, TOKEN):
         assert secret not in text and secret not in metrics
     assert 'bridge_webhook_responses_total{provider="waha",status="401"}' in metrics
