@@ -32,7 +32,7 @@ from fakeprovider.evolution_push import (
     validate_v1,
     validate_v2,
 )
-from fakeprovider.push import PushCounters, PushHub, PushStats
+from fakeprovider.push import HeldDeliveries, PushCounters, PushHub, PushStats
 
 __all__ = ["EvolutionInstance", "EvolutionStats", "FakeEvolution", "UnknownEvolutionInstance"]
 
@@ -110,7 +110,7 @@ class EvolutionInstance:
         )
 
 
-class FakeEvolution:
+class FakeEvolution(HeldDeliveries[Delivery]):
     """All fake Evolution instances, the global API key and the delivery policy.
 
     ``utc_offset`` (hours) is the fake server's time zone: ``date_time`` is local wall-clock
@@ -131,8 +131,7 @@ class FakeEvolution:
         self.utc_offset = utc_offset
         self.retry = retry or RetryPolicy()
         self.instances: dict[str, EvolutionInstance] = {}
-        self._hub: PushHub | None = None
-        self._pending: list[Delivery] = []
+        super().__init__()
 
     def add_instance(
         self,
@@ -237,10 +236,7 @@ class FakeEvolution:
         )
         delivery = Delivery(instance.name, target.url_for(event), body, target.send_headers())
         instance.deliveries += 1
-        if self._hub is None:
-            self._pending.append(delivery)
-        else:
-            self._start(self._hub, delivery)
+        self._submit(delivery)
         return True
 
     def _start(self, hub: PushHub, delivery: Delivery) -> None:
@@ -267,19 +263,10 @@ class FakeEvolution:
             pending=instance.deliveries - done,
         )
 
-    def attach(self, hub: PushHub) -> None:
-        self._hub = hub
-        pending, self._pending = self._pending, []
-        for delivery in pending:
-            self._start(hub, delivery)
-
-    def detach(self) -> None:
-        self._hub = None
-
     def reset(self) -> None:
         """Forget every instance and cancel the deliveries still running."""
         for instance in self.instances.values():
             for task in list(instance.tasks):
                 task.cancel()
         self.instances = {}
-        self._pending = []
+        self._forget_pending()

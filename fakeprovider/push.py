@@ -7,11 +7,12 @@ when the server stops, which cancels every pusher and closes the one ``httpx.Asy
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import random
 from collections import Counter
 from collections.abc import Coroutine, Mapping
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 import httpx
 import msgspec
@@ -26,6 +27,8 @@ __all__ = [
     "outcome_label",
     "post_once",
 ]
+
+D = TypeVar("D")
 
 logger = get_logger(__name__)
 
@@ -174,3 +177,34 @@ class PushHub:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         await self.client.aclose()
+
+
+class HeldDeliveries(abc.ABC, Generic[D]):
+    """Deliveries started on the push hub once one is attached (the server runs), held until
+    then: the part the Evolution and WAHA fakes share."""
+
+    def __init__(self) -> None:
+        self._hub: PushHub | None = None
+        self._pending: list[D] = []
+
+    def _submit(self, delivery: D) -> None:
+        if self._hub is None:
+            self._pending.append(delivery)
+        else:
+            self._start(self._hub, delivery)
+
+    @abc.abstractmethod
+    def _start(self, hub: PushHub, delivery: D) -> None:
+        """Start one delivery on the hub (each fake its own kind)."""
+
+    def attach(self, hub: PushHub) -> None:
+        self._hub = hub
+        pending, self._pending = self._pending, []
+        for delivery in pending:
+            self._start(hub, delivery)
+
+    def detach(self) -> None:
+        self._hub = None
+
+    def _forget_pending(self) -> None:
+        self._pending = []

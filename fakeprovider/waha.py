@@ -23,7 +23,7 @@ from typing import Any, Final
 import msgspec
 
 from bridge.tools import waha
-from fakeprovider.push import PushCounters, PushHub, PushStats
+from fakeprovider.push import HeldDeliveries, PushCounters, PushHub, PushStats
 from fakeprovider.waha_push import (
     Delivery,
     Hmac,
@@ -125,7 +125,7 @@ class WahaSession:
         }
 
 
-class FakeWaha:
+class FakeWaha(HeldDeliveries[Delivery]):
     """All fake WAHA sessions, the API key and the delivery settings.
 
     ``timeout`` is a request's limit (WAHA's keep-alive agent drops a socket silent for 8 s),
@@ -139,8 +139,7 @@ class FakeWaha:
         self.timeout = timeout
         self.jitter = jitter
         self.sessions: dict[str, WahaSession] = {}
-        self._hub: PushHub | None = None
-        self._pending: list[Delivery] = []
+        super().__init__()
 
     def add_session(
         self, name: str, hmac_key: str | None = None, *, engine: str = "GOWS", working: bool = True
@@ -278,10 +277,7 @@ class FakeWaha:
                 retries=retries.retries(),
             )
             session.deliveries += 1
-            if self._hub is None:
-                self._pending.append(delivery)
-            else:
-                self._start(self._hub, delivery)
+            self._submit(delivery)
         return len(hooks)
 
     def _start(self, hub: PushHub, delivery: Delivery) -> None:
@@ -317,19 +313,10 @@ class FakeWaha:
             pending=session.deliveries - done,
         )
 
-    def attach(self, hub: PushHub) -> None:
-        self._hub = hub
-        pending, self._pending = self._pending, []
-        for delivery in pending:
-            self._start(hub, delivery)
-
-    def detach(self) -> None:
-        self._hub = None
-
     def reset(self) -> None:
         """Forget every session and cancel the deliveries still running."""
         for session in self.sessions.values():
             for task in list(session.tasks):
                 task.cancel()
         self.sessions = {}
-        self._pending = []
+        self._forget_pending()
