@@ -105,7 +105,7 @@ class ArchiveConfig(Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
 
     enabled: bool = True
     stream: str | None = None  # default: "<amqp.exchange>.archive"
-    ingest_suffix: str = ".ingest"  # the fanout in front of each topic exchange: "<exchange>.ingest"
+    ingest_suffix: str = ".ingest"  # the fanout before each topic exchange: "<exchange>.ingest"
     max_age: str = "7D"
     max_length_bytes: Annotated[int, Meta(ge=1)] = 10_000_000_000
     max_segment_size_bytes: Annotated[int, Meta(ge=1, le=3_000_000_000)] = 100_000_000

@@ -33,6 +33,7 @@ from bridge.config import AmqpConfig, ArchiveConfig
 from bridge.errors import TopologyError
 
 QUORUM = {"x-queue-type": "quorum"}
+DEFAULT_ARCHIVE = ArchiveConfig()
 
 
 class ExchangeSpec(NamedTuple):
@@ -78,7 +79,7 @@ def stream_arguments(archive: ArchiveConfig) -> dict[str, str | int]:
 def topology(
     amqp: AmqpConfig,
     extra_exchanges: Iterable[str] = (),
-    archive: ArchiveConfig = ArchiveConfig(),
+    archive: ArchiveConfig = DEFAULT_ARCHIVE,
 ) -> Topology:
     """The objects to declare for this config (pure)."""
     main = {"alternate-exchange": amqp.unrouted_exchange}
