@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiormq
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from aiormq.abc import DeliveredMessage
 
 from bridge.errors import BridgeError
@@ -112,7 +113,10 @@ async def read_stream(
                 raise ArchiveIdle(f"nothing arrived from {stream} for {idle:g} s")
             message = getter.result()
             yield message
-            await channel.basic_ack(message.delivery_tag or 0)
+            try:
+                await channel.basic_ack(message.delivery_tag or 0)
+            except (*CONNECTION_EXCEPTIONS, aiormq.exceptions.AMQPError) as exc:
+                raise ArchiveError(f"lost the connection to RabbitMQ: {exc!r}") from None
     finally:
         if not channel.is_closed and ok.consumer_tag:
             with contextlib.suppress(Exception):

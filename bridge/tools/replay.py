@@ -220,7 +220,7 @@ class _Sender:
             self.summary.fail(f"{mid}: nacked: {exc}")
         except TimeoutError:
             self.summary.fail(f"{mid}: no confirm within {CONFIRM_TIMEOUT:g} s")
-        except CONNECTION_EXCEPTIONS as exc:
+        except (*CONNECTION_EXCEPTIONS, aiormq.exceptions.AMQPError) as exc:
             self.summary.fail(f"{mid}: connection lost: {type(exc).__name__}")
         else:
             if isinstance(result, Basic.Ack):
