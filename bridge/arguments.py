@@ -327,6 +327,13 @@ def audit(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--instance", action="append", default=[], help="only this instance (repeatable)"
     )
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="journal entries younger than this are not judged (default %(default)s)",
+    )
     parser.add_argument("--stream", help="the archive stream (default: archive.stream)")
     parser.add_argument("--json", action="store_true", help="one JSON line per instance")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request (30)")

@@ -21,6 +21,7 @@ from collections.abc import AsyncGenerator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aio_pika
 import aiormq
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from aiormq.abc import DeliveredMessage
@@ -69,13 +70,17 @@ def epoch_ms(when: datetime) -> int:
     return int(when.timestamp() * 1000)
 
 
-async def stream_exists(connection: aiormq.abc.AbstractConnection, stream: str) -> bool:
+async def exists(connection: aio_pika.abc.AbstractConnection, kind: str, name: str) -> bool:
+    """Whether the queue or exchange exists (a passive declare, on a channel of its own)."""
     channel = await connection.channel()
     try:
-        await channel.queue_declare(stream, passive=True)
-    except aiormq.exceptions.ChannelNotFoundEntity:
+        if kind == "queue":
+            await channel.declare_queue(name, passive=True, timeout=10)
+        else:
+            await channel.declare_exchange(name, passive=True, timeout=10)
+    except aio_pika.exceptions.ChannelNotFoundEntity:
         return False
-    with contextlib.suppress(Exception):
+    with contextlib.suppress(*CONNECTION_EXCEPTIONS):
         await channel.close()
     return True
 

@@ -57,6 +57,7 @@ from bridge.tools.archive import (
     ArchiveError,
     ArchiveIdle,
     epoch_ms,
+    exists,
     parse_when,
     read_stream,
     received_at_ms,
@@ -235,30 +236,15 @@ class _Sender:
             await asyncio.gather(*self.pending)
 
 
-async def _exists(connection: aio_pika.abc.AbstractConnection, kind: str, name: str) -> bool:
-    """Whether the queue or exchange exists (a passive declare, on a channel of its own)."""
-    channel = await connection.channel()
-    try:
-        if kind == "queue":
-            await channel.declare_queue(name, passive=True, timeout=TIMEOUT)
-        else:
-            await channel.declare_exchange(name, passive=True, timeout=TIMEOUT)
-    except aio_pika.exceptions.ChannelNotFoundEntity:
-        return False
-    with contextlib.suppress(*CONNECTION_EXCEPTIONS):
-        await channel.close()
-    return True
-
-
 async def _check(connection: aio_pika.abc.AbstractConnection, stream: str, plan: Plan) -> None:
-    if not await _exists(connection, "queue", stream):
+    if not await exists(connection, "queue", stream):
         raise ConfigError(f"the archive stream {stream!r} does not exist (is archive.enabled on?)")
     if plan.dry_run:
         return
     if plan.exchange == "":
-        if not await _exists(connection, "queue", plan.routing_key or ""):
+        if not await exists(connection, "queue", plan.routing_key or ""):
             raise ConfigError(f"queue {plan.routing_key!r} does not exist")
-    elif not await _exists(connection, "exchange", plan.exchange):
+    elif not await exists(connection, "exchange", plan.exchange):
         raise ConfigError(f"exchange {plan.exchange!r} does not exist")
 
 
