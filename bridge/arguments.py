@@ -334,6 +334,13 @@ def audit(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="journal entries younger than this are not judged (default %(default)s)",
     )
+    parser.add_argument(
+        "--idle",
+        type=float,
+        default=3.0,
+        metavar="SECONDS",
+        help="a quiet archive counts as read to its end after this long (default %(default)s)",
+    )
     parser.add_argument("--stream", help="the archive stream (default: archive.stream)")
     parser.add_argument("--json", action="store_true", help="one JSON line per instance")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request (30)")

@@ -148,7 +148,13 @@ class JournalError(Exception):
 
 
 async def archived(
-    url: str, stream: str, instances: Iterable[str], *, since: datetime, until_ms: int
+    url: str,
+    stream: str,
+    instances: Iterable[str],
+    *,
+    since: datetime,
+    until_ms: int,
+    idle: float = ARCHIVE_IDLE,
 ) -> dict[str, set[str]]:
     """{instance: idMessages of its message notifications in the archive since `since`}."""
     found: dict[str, set[str]] = {instance: set() for instance in instances}
@@ -158,7 +164,7 @@ async def archived(
             raise ArchiveError(f"the archive stream {stream!r} does not exist")
         channel = await (await connection.channel()).get_underlay_channel()
         with contextlib.suppress(ArchiveIdle):
-            async for message in read_stream(channel, stream, start=since, idle=ARCHIVE_IDLE):
+            async for message in read_stream(channel, stream, start=since, idle=idle):
                 if not _collect(message.header.properties.headers, message.body, found, until_ms):
                     break
     finally:
@@ -219,8 +225,10 @@ async def audit(
     only: Iterable[str] = (),
     stream: str | None = None,
     timeout: float = 30.0,
+    idle: float = ARCHIVE_IDLE,
 ) -> list[Report]:
-    """One report per auditable GREEN-API source."""
+    """One report per auditable GREEN-API source; the archive counts as read to its end at
+    the first message newer than the audit's start or after `idle` seconds without one."""
     cfg = settings.config
     sources, _ = audited(settings, only)
     now = time.time()
@@ -239,6 +247,7 @@ async def audit(
             [s.instance for s in sources],
             since=since,
             until_ms=epoch_ms(datetime.fromtimestamp(now, UTC)),
+            idle=idle,
         )
     except (ArchiveError, *CONNECTION_EXCEPTIONS, TimeoutError) as exc:
         archive_error = f"archive: {exc}"
@@ -277,6 +286,7 @@ def run(args: argparse.Namespace) -> int:
             only=args.instance,
             stream=args.stream,
             timeout=args.timeout,
+            idle=args.idle,
         )
     )
     for report in reports:

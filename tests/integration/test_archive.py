@@ -23,7 +23,7 @@ from tests.support.archive import (
     queue_count,
     read_archive,
 )
-from tests.support.harness import Names, delete_topology, wait_until
+from tests.support.harness import Names, delete_topology
 from tests.support.rabbitnode import RabbitNode
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -44,14 +44,15 @@ async def test_archive_gets_everything_and_unrouted_still_only_the_unmatched() -
             matched = [note(names, n) for n in range(20)]
             unmatched = [note(names, n, event="outgoingMessageStatus") for n in range(20, 30)]
             await publish_all(pub, [*matched, *unmatched])
-        await wait_until_count(consumer, 20)
-        await wait_until_count(names.unrouted, 10)
-        got = await drain_queue(AMQP_URL, consumer)
-        unrouted = await drain_queue(AMQP_URL, names.unrouted)
-        archived = await read_archive(AMQP_URL, names.archive)
+        # every publish was confirmed: each queue holds what it will ever hold
+        got = await drain_queue(AMQP_URL, consumer, 20)
+        unrouted = await drain_queue(AMQP_URL, names.unrouted, 10)
+        left = [await queue_count(AMQP_URL, q) for q in (consumer, names.unrouted)]
+        archived = await read_archive(AMQP_URL, names.archive, 30)
     finally:
         await _delete_queue(consumer)
         await delete_topology(AMQP_URL, names)
+    assert left == [0, 0]
     assert [m.message_id for m in got] == [o.message_id for o in matched]
     assert [m.message_id for m in unrouted] == [o.message_id for o in unmatched]
     assert [m.routing_key for m in unrouted] == ["outgoingMessageStatus"] * 10
@@ -82,9 +83,8 @@ async def test_turning_the_archive_on_and_off_on_an_existing_broker() -> None:
             await pub.publish(note(names, 2))
         async with publishing(names, AMQP_URL, off) as pub:  # off again: left in place, unused
             await pub.publish(note(names, 3))
-        await wait_until_count(consumer, 3)
-        got = await drain_queue(AMQP_URL, consumer)
-        archived = await read_archive(AMQP_URL, names.archive)
+        got = await drain_queue(AMQP_URL, consumer, 3)
+        archived = await read_archive(AMQP_URL, names.archive, 1)
     finally:
         await _delete_queue(consumer)
         await delete_topology(AMQP_URL, names)
@@ -140,18 +140,6 @@ async def test_the_stream_holds_its_retention_arguments(own_rabbit: RabbitNode) 
         "x-max-length-bytes": 5_000_000,
         "x-stream-max-segment-size-bytes": 500_000,
     }
-
-
-async def wait_until_count(queue: str, n: int) -> None:
-    counts: list[int] = [0]
-
-    async def poll() -> None:
-        while counts[-1] < n:
-            counts.append(await queue_count(AMQP_URL, queue))
-            await asyncio.sleep(0.05)
-
-    await asyncio.wait_for(poll(), 30)
-    await wait_until(lambda: counts[-1] >= n)
 
 
 async def _delete_queue(name: str) -> None:

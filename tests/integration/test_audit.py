@@ -104,13 +104,13 @@ async def test_the_audit_finds_exactly_what_the_provider_lost(tmp_path: Path) ->
                 await wait_until(
                     lambda: sum(state.instance_stats(i).deleted for i in INSTANCES) == 22
                 )
-            reports = await audit_tool.audit(settings, minutes=10, grace=0)
+            reports = await audit_tool.audit(settings, minutes=10, grace=0, idle=1)
             path = tmp_path / "bridge.toml"
             path.write_text(text)
             cli = await asyncio.to_thread(
                 subprocess.run,
                 [sys.executable, "-m", "bridge", "audit", "--config", str(path), "--grace", "0",
-                 "--minutes", "10"],
+                 "--minutes", "10", "--idle", "1"],
                 capture_output=True, text=True, timeout=60, check=False, cwd=ROOT,
                 env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
             )  # fmt: skip
@@ -147,7 +147,7 @@ async def test_nothing_missing_exits_zero_and_an_unreadable_journal_is_an_error(
             async with running(settings):
                 fake.state.enqueue_many(INSTANCES[0], [message(INSTANCES[0], n) for n in range(4)])
                 await wait_until(lambda: fake.state.instance_stats(INSTANCES[0]).deleted == 4)
-            reports = await audit_tool.audit(settings, minutes=10, grace=0)
+            reports = await audit_tool.audit(settings, minutes=10, grace=0, idle=1)
         finally:
             await delete_topology(AMQP_URL, names)
     good, bad = reports

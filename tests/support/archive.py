@@ -19,7 +19,7 @@ from bridge.amqp.publisher import AmqpPublisher
 from bridge.amqp.topology import topology
 from bridge.config import AmqpConfig, ArchiveConfig
 from bridge.envelope import Outbound, message_id
-from bridge.tools.archive import ArchiveIdle, read_stream
+from bridge.tools.archive import read_stream
 from tests.support.harness import Names
 
 
@@ -88,17 +88,24 @@ async def publish_all(pub: AmqpPublisher, outs: list[Outbound], window: int = 64
         await asyncio.gather(*(pub.publish(o) for o in outs[start : start + window]))
 
 
-async def read_archive(url: str, stream: str, *, idle: float = 3.0) -> list[DeliveredMessage]:
-    """Everything in the stream (from an hour ago), until nothing more comes for `idle` s."""
+async def read_archive(url: str, stream: str, n: int) -> list[DeliveredMessage]:
+    """The stream's messages (from an hour ago): the first `n` (30 s patience), and any that
+    follow within half a second."""
     connection = await aio_pika.connect(url)
     out: list[DeliveredMessage] = []
     async with connection:
         channel = await (await connection.channel()).get_underlay_channel()
         assert isinstance(channel, aiormq.Channel)
         start = datetime.now(UTC) - timedelta(hours=1)
-        with contextlib.suppress(ArchiveIdle):
-            async for message in read_stream(channel, stream, start=start, idle=idle):
+        messages = read_stream(channel, stream, start=start, idle=30)
+        async with contextlib.aclosing(messages):
+            async for message in messages:
                 out.append(message)
+                if len(out) >= n:
+                    break
+            with contextlib.suppress(TimeoutError, StopAsyncIteration):
+                while True:
+                    out.append(await asyncio.wait_for(anext(messages), 0.5))
     return out
 
 
@@ -111,14 +118,23 @@ async def queue_count(url: str, queue: str) -> int:
         return int(count or 0)
 
 
-async def drain_queue(url: str, queue: str) -> list[AbstractIncomingMessage]:
-    """Every message now in `queue`, acked."""
+async def drain_queue(url: str, queue: str, n: int) -> list[AbstractIncomingMessage]:
+    """The first `n` messages of `queue`, consumed and acked (30 s patience)."""
     connection = await aio_pika.connect(url)
     out: list[AbstractIncomingMessage] = []
     async with connection:
         channel = await connection.channel()
+        await channel.set_qos(prefetch_count=1000)
         q = await channel.declare_queue(queue, passive=True)
-        while (message := await q.get(fail=False, timeout=10)) is not None:
+        got = asyncio.Event()
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
             out.append(message)
             await message.ack()
+            if len(out) >= n:
+                got.set()
+
+        tag = await q.consume(on_message)
+        await asyncio.wait_for(got.wait(), 30)
+        await q.cancel(tag)
     return out
