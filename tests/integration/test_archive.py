@@ -65,6 +65,18 @@ async def test_archive_gets_everything_and_unrouted_still_only_the_unmatched() -
     assert got[0].exchange == names.ingest
 
 
+async def test_with_the_archive_a_publish_nobody_else_takes_is_confirmed_and_archived() -> None:
+    names = Names()
+    try:
+        async with publishing(names, AMQP_URL) as pub:
+            await _delete_queue(names.unrouted)  # the alternate exchange routes nowhere now
+            assert await pub.publish(note(names, 1)) is True  # the stream took it: no return
+        archived = await read_archive(AMQP_URL, names.archive, 1)
+    finally:
+        await delete_topology(AMQP_URL, names)
+    assert [json.loads(m.body)["n"] for m in archived] == [1]
+
+
 async def test_turning_the_archive_on_and_off_on_an_existing_broker() -> None:
     names = Names()
     consumer = f"{names.prefix}.consumer"

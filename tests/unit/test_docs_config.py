@@ -7,7 +7,15 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from bridge.config import AmqpConfig, HttpConfig, LeaseConfig, LogConfig, PollConfig, Source
+from bridge.config import (
+    AmqpConfig,
+    ArchiveConfig,
+    HttpConfig,
+    LeaseConfig,
+    LogConfig,
+    PollConfig,
+    Source,
+)
 
 DOC = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
 SECTIONS = {
@@ -16,6 +24,7 @@ SECTIONS = {
     "poll": PollConfig,
     "lease": LeaseConfig,
     "log": LogConfig,
+    "archive": ArchiveConfig,
 }
 
 
