@@ -6,8 +6,9 @@ Provider calls (real GREEN-API URL shapes)::
     DELETE /waInstance{id}/deleteNotification/{token}/{receiptId}
     GET    /waInstance{id}/getSettings/{token}          (when ``settings_api`` is on)
     POST   /waInstance{id}/setSettings/{token}
-    GET    /waInstance{id}/lastIncomingMessages/{token}?minutes=N   (the journals:
-    GET    /waInstance{id}/lastOutgoingMessages/{token}?minutes=N    :mod:`fakeprovider.greenjournal`)
+    GET    /waInstance{id}/lastIncomingMessages/{token}?minutes=N
+    GET    /waInstance{id}/lastOutgoingMessages/{token}?minutes=N
+                                   (the journals: :mod:`fakeprovider.greenjournal`)
 
 Each call is checked in this order: route (404), idInstance (400/403), token (401), rate limit
 per instance and method (429), parameters (400), then the next queued fault, the injected

@@ -210,7 +210,7 @@ def test_archive_times() -> None:
     assert received_at_ms({"x-received-at": 5}) == 5
     assert received_at_ms({"x-received-at": True}) is None
     assert received_at_ms(None) is None
-    assert SKEW == timedelta(minutes=1)
+    assert timedelta(minutes=1) == SKEW
 
 
 # -- audit -----------------------------------------------------------------------------------
