@@ -89,20 +89,20 @@ async def read_stream(
     channel: aiormq.abc.AbstractChannel,
     stream: str,
     *,
-    start: datetime,
+    start: datetime | int,
     idle: float,
     prefetch: int = PREFETCH,
 ) -> AsyncGenerator[DeliveredMessage, None]:
-    """The stream's messages from `start - SKEW` on, each acknowledged when the next is asked
-    for. `ArchiveIdle` when nothing came for `idle` seconds, `ArchiveError` when the channel
-    or connection is lost."""
+    """The stream's messages from `start - SKEW` on (or from offset `start`), each
+    acknowledged when the next is asked for. `ArchiveIdle` when nothing came for `idle`
+    seconds, `ArchiveError` when the channel or connection is lost."""
     inbox: asyncio.Queue[DeliveredMessage] = asyncio.Queue()
     await channel.basic_qos(prefetch_count=prefetch)
     ok = await channel.basic_consume(
         stream,
         inbox.put,
         no_ack=False,
-        arguments={"x-stream-offset": start - SKEW},
+        arguments={"x-stream-offset": start - SKEW if isinstance(start, datetime) else start},
     )
     closing = channel.closing  # the channel's own future: awaited, never cancelled here
     try:

@@ -21,11 +21,16 @@ properties and headers, plus `x-replayed-at` (epoch ms, the replay's start): a r
 twice gives the same `message_id`s, for consumers to deduplicate on. Publishing is confirmed
 and mandatory, with at most `--in-flight` messages unconfirmed (back-pressure on the reader).
 
+A lost connection (a broker restart) is reopened for up to `RECONNECT_FOR` seconds and the
+replay reads on, by stream offset, from the first message it had not seen confirmed: those in
+flight at the cut may be published twice, with the same `message_id`.
+
 `--dry-run` publishes nothing and prints the counts. The summary (read, matched, published,
-failed, seconds) goes to stdout; a progress bar to stderr on a terminal. Exit status: 0 when
-every matched message was confirmed; 1 when any was nacked or returned; 3 when the replay was
-cut short (a lost connection, the end marker not read): it never ends silently short — run it
-again, consumers see the same `message_id`s; 2 for bad arguments.
+failed, reconnects, seconds) goes to stdout; a progress bar to stderr on a terminal. Exit
+status: 0 when every matched message was confirmed; 1 when any was nacked or returned; 3 when
+the replay was cut short (no connection for `RECONNECT_FOR`, the end marker not read): it
+never ends silently short — run it again, consumers see the same `message_id`s; 2 for bad
+arguments.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ from bridge.amqp.connection import open_connection
 from bridge.arguments import replay as add_arguments
 from bridge.config import AmqpConfig, ArchiveConfig, load, mask_url
 from bridge.errors import ConfigError
+from bridge.retry import Backoff
 from bridge.tools.archive import (
     ArchiveError,
     ArchiveIdle,
@@ -73,6 +79,9 @@ TIMEOUT = 10.0
 CONFIRM_TIMEOUT = 30.0
 #: Seconds without any delivery before the marker is read: the replay fails, loudly.
 IDLE_TIMEOUT = 60.0
+#: After a lost connection: reconnect for this long, then give up (loudly).
+RECONNECT_FOR = 120.0
+RECONNECT = Backoff(initial=0.5, maximum=5.0, floor=0.1)
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INCOMPLETE = 3
@@ -114,6 +123,7 @@ class Summary:
     published: int = 0
     failed: int = 0
     seconds: float = 0.0
+    reconnects: int = 0
     complete: bool = False
     error: str | None = None
     failures: list[str] = field(default_factory=list)  # the first few, for the operator
@@ -186,22 +196,46 @@ def properties(message: DeliveredMessage, replayed_at: int) -> aiormq.spec.Basic
     )
 
 
+class _Position:
+    """How far the replay got, in stream offsets, across reconnects."""
+
+    def __init__(self) -> None:
+        self.counted = -1  # the highest offset read and counted
+        self.unconfirmed: set[int] = set()  # sent, no answer yet
+        self.redo: set[int] = set()  # sent, but the connection went before the answer
+
+    def resume_at(self) -> int:
+        """Where to read on from after a lost connection."""
+        self.redo |= self.unconfirmed
+        self.unconfirmed.clear()
+        return min(self.redo) if self.redo else self.counted + 1
+
+
 class _Sender:
     """Confirmed, mandatory publishes with at most `in_flight` unconfirmed."""
 
-    def __init__(self, channel: aiormq.abc.AbstractChannel, plan: Plan, summary: Summary) -> None:
+    def __init__(
+        self,
+        channel: aiormq.abc.AbstractChannel,
+        plan: Plan,
+        summary: Summary,
+        position: _Position,
+        replayed_at: int,
+    ) -> None:
         self.channel, self.plan, self.summary = channel, plan, summary
+        self.position = position
         self.slots = asyncio.Semaphore(plan.in_flight)
         self.pending: set[asyncio.Task[None]] = set()
-        self.replayed_at = epoch_ms(datetime.now(UTC))
+        self.replayed_at = replayed_at
 
-    async def send(self, message: DeliveredMessage) -> None:
+    async def send(self, message: DeliveredMessage, offset: int) -> None:
         await self.slots.acquire()
-        task = asyncio.create_task(self._publish(message))
+        self.position.unconfirmed.add(offset)
+        task = asyncio.create_task(self._publish(message, offset))
         self.pending.add(task)
         task.add_done_callback(self.pending.discard)
 
-    async def _publish(self, message: DeliveredMessage) -> None:
+    async def _publish(self, message: DeliveredMessage, offset: int) -> None:
         key = self.plan.routing_key
         if key is None:
             key = message.routing_key or ""
@@ -221,19 +255,20 @@ class _Sender:
             self.summary.fail(f"{mid}: nacked: {exc}")
         except TimeoutError:
             self.summary.fail(f"{mid}: no confirm within {CONFIRM_TIMEOUT:g} s")
-        except (*CONNECTION_EXCEPTIONS, aiormq.exceptions.AMQPError) as exc:
-            self.summary.fail(f"{mid}: connection lost: {type(exc).__name__}")
+        except (*CONNECTION_EXCEPTIONS, aiormq.exceptions.AMQPError):
+            self.position.redo.add(offset)  # sent again after the reconnect
         else:
             if isinstance(result, Basic.Ack):
                 self.summary.published += 1
             else:
                 self.summary.fail(f"{mid}: {type(result).__name__}")
         finally:
+            self.position.unconfirmed.discard(offset)
             self.slots.release()
 
     async def drain(self) -> None:
         if self.pending:
-            await asyncio.gather(*self.pending)
+            await asyncio.gather(*self.pending, return_exceptions=True)
 
 
 async def _check(connection: aio_pika.abc.AbstractConnection, stream: str, plan: Plan) -> None:
@@ -248,84 +283,143 @@ async def _check(connection: aio_pika.abc.AbstractConnection, stream: str, plan:
         raise ConfigError(f"exchange {plan.exchange!r} does not exist")
 
 
-async def replay(url: str, stream: str, plan: Plan, *, out: TextIO | None = None) -> Summary:
-    """Replay per `plan`; the summary says how far it got (`complete`)."""
-    summary = Summary()
-    started = time.monotonic()
-    connection = await open_connection(url, timeout=TIMEOUT)
-    try:
-        await _check(connection, stream, plan)
+class _Replay:
+    """One replay: its marker, position and counts, over one connection after another."""
+
+    def __init__(self, stream: str, plan: Plan, out: TextIO | None) -> None:
+        self.stream, self.plan, self.out = stream, plan, out
+        self.summary = Summary()
+        self.position = _Position()
+        self.marker = uuid.uuid4().hex
+        self.started: datetime | None = None  # set once the end marker is in the stream
+        self.start: datetime | int = plan.since
+        self.progress: Progress | None = None
+        self.replayed_at = epoch_ms(datetime.now(UTC))
+
+    async def session(self, connection: aio_pika.abc.AbstractConnection) -> None:
+        """Read on from `start` over this connection; `ArchiveError` when it is lost."""
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         publisher = await channel.get_underlay_channel()
-        marker = uuid.uuid4().hex
-        end = datetime.now(UTC)
-        await publisher.basic_publish(
-            b"",
-            exchange="",
-            routing_key=stream,
-            properties=aiormq.spec.Basic.Properties(
-                delivery_mode=2, app_id=APP_ID, headers={MARKER: marker}
-            ),
-            mandatory=True,
-            timeout=CONFIRM_TIMEOUT,
-        )
+        if self.started is None:
+            await _check(connection, self.stream, self.plan)
+            await publisher.basic_publish(
+                b"",
+                exchange="",
+                routing_key=self.stream,
+                properties=aiormq.spec.Basic.Properties(
+                    delivery_mode=2, app_id=APP_ID, headers={MARKER: self.marker}
+                ),
+                mandatory=True,
+                timeout=CONFIRM_TIMEOUT,
+            )
+            self.started = datetime.now(UTC)
+            end = epoch_ms(self.plan.until or self.started)
+            self.progress = Progress(epoch_ms(self.plan.since), end, self.out)
         reader = await (await connection.channel()).get_underlay_channel()
-        sender = _Sender(publisher, plan, summary)
-        progress = Progress(epoch_ms(plan.since), epoch_ms(plan.until or end), out)
+        sender = _Sender(publisher, self.plan, self.summary, self.position, self.replayed_at)
         try:
-            await _copy(reader, stream, marker, sender=sender, progress=progress)
-            summary.complete = True
-        except ArchiveIdle as exc:
-            summary.error = f"{exc} before the end marker"
-        except ArchiveError as exc:
-            summary.error = str(exc)
+            await self._copy(reader, sender)
         finally:
-            with contextlib.suppress(*CONNECTION_EXCEPTIONS):
-                await sender.drain()
-            progress.close()
+            await sender.drain()
+
+    async def _copy(self, reader: aiormq.abc.AbstractChannel, sender: _Sender) -> None:
+        plan, summary, position = self.plan, self.summary, self.position
+        since, until = epoch_ms(plan.since), (epoch_ms(plan.until) if plan.until else None)
+        messages = read_stream(reader, self.stream, start=self.start, idle=IDLE_TIMEOUT)
+        async with contextlib.aclosing(messages):
+            async for message in messages:
+                headers = message.header.properties.headers or {}
+                offset = _offset(headers)
+                if offset <= position.counted:  # read before the connection was lost
+                    if offset in position.redo:
+                        position.redo.discard(offset)
+                        await sender.send(message, offset)
+                    continue
+                position.counted = offset
+                if _text(headers.get(MARKER, "")) == self.marker:
+                    return
+                at = received_at_ms(headers)
+                if at is None:  # another replay's marker, or not a message of the bridge
+                    continue
+                if until is not None and at > until + 60_000:
+                    return  # past the window (and any replica's clock skew)
+                summary.read += 1
+                if self.progress is not None:
+                    self.progress.update(at, summary)
+                if at < since or (until is not None and at > until):
+                    continue
+                if not plan.filters.match(headers):
+                    continue
+                summary.matched += 1
+                if not plan.dry_run:
+                    await sender.send(message, offset)
+                if plan.limit is not None and summary.matched >= plan.limit:
+                    return
+
+
+def _offset(headers: dict[str, Any]) -> int:
+    value = headers.get("x-stream-offset")
+    return value if isinstance(value, int) else -1
+
+
+async def replay(
+    url: str,
+    stream: str,
+    plan: Plan,
+    *,
+    out: TextIO | None = None,
+    reconnect_for: float = RECONNECT_FOR,
+) -> Summary:
+    """Replay per `plan`. A connection lost after the start (a broker restart) is reopened
+    for up to `reconnect_for` seconds and the replay goes on where it was; the summary says
+    whether it got to the end (`complete`)."""
+    run = _Replay(stream, plan, out)
+    summary = run.summary
+    started = time.monotonic()
+    lost: float | None = None
+    attempt = 0
+    try:
+        while True:
+            try:
+                connection = await open_connection(url, timeout=TIMEOUT)
+            except (*CONNECTION_EXCEPTIONS, TimeoutError) as exc:
+                if lost is None:
+                    raise
+                if time.monotonic() - lost > RECONNECT_FOR:
+                    summary.error = (
+                        f"{summary.error}; no connection for {RECONNECT_FOR:g} s: {exc!r}"
+                    )
+                    break
+                await asyncio.sleep(RECONNECT.delay(attempt))
+                attempt += 1
+                continue
+            try:
+                await run.session(connection)
+            except ArchiveIdle as exc:
+                summary.error = f"{exc} before the end marker"
+                break
+            except (ArchiveError, *CONNECTION_EXCEPTIONS, aiormq.exceptions.AMQPError) as exc:
+                if run.started is None:
+                    raise
+                summary.error = f"lost the connection: {exc}"
+                run.start = run.position.resume_at()
+                summary.reconnects += 1
+                lost, attempt = lost or time.monotonic(), 0
+                continue
+            else:
+                summary.complete, summary.error = True, None
+                break
+            finally:
+                with contextlib.suppress(*CONNECTION_EXCEPTIONS, aiormq.exceptions.AMQPError):
+                    await connection.close()
     finally:
-        with contextlib.suppress(*CONNECTION_EXCEPTIONS):
-            await connection.close()
+        if run.progress is not None:
+            run.progress.close()
         summary.seconds = time.monotonic() - started
     unanswered = summary.matched - summary.published - summary.failed
     if summary.complete and unanswered and not plan.dry_run:
         summary.complete, summary.error = False, "some publishes were never answered"
     return summary
-
-
-async def _copy(
-    reader: aiormq.abc.AbstractChannel,
-    stream: str,
-    marker: str,
-    *,
-    sender: _Sender,
-    progress: Progress,
-) -> None:
-    plan = sender.plan
-    since, until = epoch_ms(plan.since), (epoch_ms(plan.until) if plan.until else None)
-    summary = sender.summary
-    messages = read_stream(reader, stream, start=plan.since, idle=IDLE_TIMEOUT)
-    async with contextlib.aclosing(messages):
-        async for message in messages:
-            headers = message.header.properties.headers or {}
-            if _text(headers.get(MARKER, "")) == marker:
-                return
-            at = received_at_ms(headers)
-            if at is None:  # another replay's marker, or not a message of the bridge
-                continue
-            if until is not None and at > until + 60_000:
-                return  # past the window (and any replica's clock skew)
-            summary.read += 1
-            progress.update(at, summary)
-            if at < since or (until is not None and at > until):
-                continue
-            if not plan.filters.match(headers):
-                continue
-            summary.matched += 1
-            if not plan.dry_run:
-                await sender.send(message)
-            if plan.limit is not None and summary.matched >= plan.limit:
-                return
 
 
 # -- the command -----------------------------------------------------------------------------
