@@ -133,6 +133,8 @@ class Summary:
             f"read {self.read}, matched {self.matched}, published {self.published},"
             f" failed {self.failed}, in {self.seconds:.1f} s"
         )
+        if self.reconnects:
+            line += f" ({self.reconnects} reconnects)"
         if not self.complete:
             line += f"\nINCOMPLETE: {self.error}; run it again (same message_ids)"
         return line
@@ -385,9 +387,9 @@ async def replay(
             except (*CONNECTION_EXCEPTIONS, TimeoutError) as exc:
                 if lost is None:
                     raise
-                if time.monotonic() - lost > RECONNECT_FOR:
+                if time.monotonic() - lost > reconnect_for:
                     summary.error = (
-                        f"{summary.error}; no connection for {RECONNECT_FOR:g} s: {exc!r}"
+                        f"{summary.error}; no connection for {reconnect_for:g} s: {exc!r}"
                     )
                     break
                 await asyncio.sleep(RECONNECT.delay(attempt))

@@ -255,7 +255,10 @@ async def test_a_broker_that_stays_away_fails_the_replay_loudly() -> None:
     names = Names()
     target = f"{names.prefix}.target"
     try:
-        async with publishing(names, AMQP_URL) as pub, TcpProxy(("127.0.0.1", 5672)) as proxy:
+        async with (
+            publishing(names, AMQP_URL) as pub,
+            TcpProxy(target=("127.0.0.1", 5672)) as proxy,
+        ):
             await declare_queue(AMQP_URL, target, names.exchange, "no.binding.matches")
             await publish_all(pub, [note(names, n) for n in range(3000)])
             url = f"amqp://guest:guest@127.0.0.1:{proxy.port}/"

@@ -177,6 +177,8 @@ def test_replayed_properties_keep_the_original_and_add_x_replayed_at() -> None:
 def test_the_summary_says_when_a_replay_is_incomplete() -> None:
     done = replay.Summary(read=3, matched=2, published=2, seconds=1.0, complete=True)
     assert done.text() == "read 3, matched 2, published 2, failed 0, in 1.0 s"
+    again = replay.Summary(complete=True, reconnects=2)
+    assert again.text().endswith("in 0.0 s (2 reconnects)")
     cut = replay.Summary(error="lost the connection")
     for n in range(12):
         cut.fail(f"m{n}")
