@@ -77,6 +77,35 @@ async def test_with_the_archive_a_publish_nobody_else_takes_is_confirmed_and_arc
     assert [json.loads(m.body)["n"] for m in archived] == [1]
 
 
+async def test_a_sources_own_exchange_feeds_the_same_archive() -> None:
+    names = Names()
+    crm = f"{names.prefix}.crm"
+    consumer = f"{names.prefix}.consumer"
+    try:
+        async with publishing(names, AMQP_URL, extra=(crm,)) as pub:
+            connection = await aio_pika.connect(AMQP_URL)
+            async with connection:
+                channel = await connection.channel()
+                queue = await channel.declare_queue(
+                    consumer, durable=True, arguments={"x-queue-type": "quorum"}
+                )
+                await queue.bind(crm, "#")
+            await pub.publish(note(names, 1))
+            await pub.publish(note(names, 2)._replace(exchange=crm))
+        got = await drain_queue(AMQP_URL, consumer, 1)
+        archived = await read_archive(AMQP_URL, names.archive, 2)
+    finally:
+        await _delete_queue(consumer)
+        connection = await aio_pika.connect(AMQP_URL)
+        async with connection:
+            for name in (f"{crm}.ingest", crm):
+                await (await connection.channel()).exchange_delete(name)
+        await delete_topology(AMQP_URL, names)
+    assert [json.loads(m.body)["n"] for m in got] == [2]
+    assert got[0].exchange == f"{crm}.ingest"
+    assert [json.loads(m.body)["n"] for m in archived] == [1, 2]
+
+
 async def test_turning_the_archive_on_and_off_on_an_existing_broker() -> None:
     names = Names()
     consumer = f"{names.prefix}.consumer"

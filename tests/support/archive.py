@@ -67,11 +67,12 @@ def note(
 
 @contextlib.asynccontextmanager
 async def publishing(
-    names: Names, url: str, archive: ArchiveConfig | None = None
+    names: Names, url: str, archive: ArchiveConfig | None = None, extra: tuple[str, ...] = ()
 ) -> AsyncIterator[AmqpPublisher]:
-    """The bridge's publisher on the `names` topology (the archive on unless told)."""
+    """The bridge's publisher on the `names` topology (the archive on unless told), plus the
+    sources' own exchanges `extra`."""
     amqp = amqp_config(names, url)
-    pub = AmqpPublisher(amqp, topology(amqp, (), archive or ArchiveConfig()))
+    pub = AmqpPublisher(amqp, topology(amqp, extra, archive or ArchiveConfig()))
     task = asyncio.create_task(pub.run())
     try:
         await asyncio.wait_for(pub.wait_ready(), 30)
