@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Generic, TypeVar
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -78,16 +80,57 @@ WEBHOOK_RESPONSES = Counter(
     ["provider", "status"],
     registry=REGISTRY,
 )
+LAST_NOTIFICATION = Gauge(
+    "bridge_last_notification_timestamp_seconds",
+    "When the instance's last notification was confirmed by RabbitMQ (polled or pushed), "
+    "or when this process began watching it",
+    ["provider", "instance"],
+    registry=REGISTRY,
+)
+SILENT_AFTER = Gauge(
+    "bridge_instance_silent_after_seconds",
+    "monitor.silent_after: BridgeInstanceSilent fires after this long without a notification",
+    ["provider", "instance"],
+    registry=REGISTRY,
+)
+INSTANCE_STATE = Gauge(
+    "bridge_instance_state",
+    "1 for the instance's state as its provider last answered (provider's word), 0 for the "
+    "others seen",
+    ["provider", "instance", "state"],
+    registry=REGISTRY,
+)
+INSTANCE_AUTHORIZED = Gauge(
+    "bridge_instance_authorized",
+    "1 while the last state probe said authorized (GREEN-API authorized, Evolution open, "
+    "WAHA WORKING), 0 for any other state",
+    ["provider", "instance"],
+    registry=REGISTRY,
+)
+STATE_CHECKED = Gauge(
+    "bridge_instance_state_checked_timestamp_seconds",
+    "When the instance's state was last read from its provider",
+    ["provider", "instance"],
+    registry=REGISTRY,
+)
+STATE_PROBE_ERRORS = Counter(
+    "bridge_instance_state_probe_errors",
+    "Failed instance state probes, by error class",
+    ["provider", "instance", "error_class"],
+    registry=REGISTRY,
+)
+
+M = TypeVar("M", Counter, Gauge)
 
 
-class Children:
+class Children(Generic[M]):
     """Label children of one metric, looked up once: `.labels()` costs more than `.inc()`."""
 
-    def __init__(self, metric: Counter) -> None:
-        self._metric = metric
-        self._children: dict[tuple[str, ...], Counter] = {}
+    def __init__(self, metric: M) -> None:
+        self._metric: M = metric
+        self._children: dict[tuple[str, ...], M] = {}
 
-    def __call__(self, *labels: str) -> Counter:
+    def __call__(self, *labels: str) -> M:
         child = self._children.get(labels)
         if child is None:
             child = self._children[labels] = self._metric.labels(*labels)
@@ -98,3 +141,4 @@ published = Children(PUBLISHED)
 received = Children(RECEIVED)
 acknowledged = Children(ACKNOWLEDGED)
 webhook_responses = Children(WEBHOOK_RESPONSES)
+last_notification = Children(LAST_NOTIFICATION)
