@@ -47,23 +47,27 @@ async def test_state_calls_answer_like_the_providers() -> None:
         assert len(record["calls"]) == 3
 
 
-@pytest.mark.parametrize(
-    ("method", "path", "body", "status"),
-    [
-        ("GET", "/_control/states/greenapi/404404", None, 404),
-        ("GET", "/_control/states/nobody/x", None, 404),
-        ("GET", "/_control/states/greenapi", None, 404),
-        ("POST", f"/_control/states/greenapi/{GREEN}", {}, 404),
-        ("PUT", f"/_control/states/greenapi/{GREEN}", {"state": ""}, 400),
-        ("PUT", f"/_control/states/greenapi/{GREEN}", {"fail": 200}, 400),
-        ("PUT", f"/_control/states/greenapi/{GREEN}", {"stat": "x"}, 400),
-    ],
-)
-async def test_control_refusals(method: str, path: str, body: object, status: int) -> None:
+REFUSED = [
+    ("GET", "/_control/states/greenapi/404404", None, 404),
+    ("GET", "/_control/states/nobody/x", None, 404),
+    ("GET", "/_control/states/greenapi", None, 404),
+    ("POST", f"/_control/states/greenapi/{GREEN}", {}, 404),
+    ("PUT", f"/_control/states/greenapi/{GREEN}", {"state": ""}, 400),
+    ("PUT", f"/_control/states/greenapi/{GREEN}", {"fail": 200}, 400),
+    ("PUT", f"/_control/states/greenapi/{GREEN}", {"stat": "x"}, 400),
+]
+
+
+async def test_control_refusals_and_reset() -> None:
     async with (
         fake_greenapi([(GREEN, TOKEN)]) as fake,
         httpx.AsyncClient(base_url=fake.url) as http,
     ):
-        answer = await http.request(method, path, json=body)
-        assert answer.status_code == status, answer.text
+        for method, path, body, status in REFUSED:
+            answer = await http.request(method, path, json=body)
+            assert answer.status_code == status, (method, path, answer.text)
+        await http.put(f"/_control/states/greenapi/{GREEN}", json={"state": "blocked"})
         assert (await http.post("/_control/reset")).status_code == 200
+        await http.post("/_control/instances", json={"id": GREEN, "token": TOKEN})
+        green = f"/waInstance{GREEN}/getStateInstance/{TOKEN}"
+        assert (await http.get(green)).json() == {"stateInstance": "authorized"}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import socket
 import time
 import uuid
@@ -17,6 +18,7 @@ import pytest
 
 from bridge.config import Settings, load
 from bridge.ingest.http import AiohttpProviderHttp
+from bridge.logs import FIELDS_ATTR
 from bridge.metrics import REGISTRY
 from bridge.monitor import Monitor
 from tests.support.harness import FakeServer, fake_greenapi, wait_until
@@ -202,14 +204,27 @@ async def test_probe_errors_are_counted_and_the_last_state_stays(tmp_path: Path)
             assert state("greenapi", ids.green, "authorized") == 1
 
 
-async def test_wrong_credentials_count_as_errors(tmp_path: Path) -> None:
+async def test_wrong_credentials_count_as_errors_and_no_token_is_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     ids = Instances()
+    caplog.set_level(logging.INFO, logger="bridge")
     async with fake_with(ids) as (fake, _control):
         text = "[monitor]\nstate_interval = 1\n" + sources(fake.url, ids, green_token="")
         settings = settings_of(tmp_path, text, "wrong-green-token")
         async with monitoring(settings):
             await wait_until(lambda: errors("greenapi", ids.green, "unauthorized") >= 1)
         assert state("greenapi", ids.green, "authorized") is None
+    failures = [
+        getattr(r, FIELDS_ATTR) for r in caplog.records if r.msg == "instance.state_probe_failed"
+    ]
+    assert {"provider": "greenapi", "instance": ids.green} in [
+        {k: f[k] for k in ("provider", "instance")} for f in failures
+    ]
+    for record in caplog.records:
+        assert (
+            "wrong-green-token" not in f"{record.getMessage()} {getattr(record, FIELDS_ATTR, '')}"
+        )
 
 
 async def test_probes_keep_the_interval(tmp_path: Path) -> None:
