@@ -38,10 +38,10 @@ from bridge.logs import get_logger
 from bridge.metrics import (
     INSTANCE_AUTHORIZED,
     INSTANCE_STATE,
+    LAST_NOTIFICATION,
     SILENT_AFTER,
     STATE_CHECKED,
     STATE_PROBE_ERRORS,
-    last_notification,
 )
 from bridge.probes import PROBES, Probe, StateAnswerError, StateRequest, status_class
 
@@ -224,4 +224,4 @@ def _watching(sources: Iterable[Source], silent_after: float) -> None:
     for source in sources:
         labels = (source.provider, source.instance)
         SILENT_AFTER.labels(*labels).set(silent_after)
-        last_notification(*labels).set_to_current_time()
+        LAST_NOTIFICATION.stamp(*labels)
