@@ -37,6 +37,7 @@ from bridge.ingest.pipeline import Pipeline
 from bridge.ingest.poller import Poller
 from bridge.ingest.webhooks import Webhooks
 from bridge.logs import get_logger
+from bridge.monitor import Monitor
 from bridge.retry import Backoff
 
 log = get_logger(__name__)
@@ -122,6 +123,7 @@ class Service:
             fatal.create_task(self.leases.failed(), name="leases failed")
         await stack.enter_async_context(self._serving())
         await stack.enter_async_context(_polling(self.pollers))
+        await stack.enter_async_context(Monitor(self.settings, self.client))
         stack.callback(self._stopping)
 
     def _stopping(self) -> None:

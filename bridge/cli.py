@@ -112,6 +112,7 @@ def _setup_logging(args: argparse.Namespace, settings: Settings | None) -> logs.
         secrets += [s.reveal() for s in settings.tokens.values()]
         secrets += [s.reveal() for s in settings.webhook_tokens.values()]
         secrets += [s.reveal() for s in settings.hmac_keys.values()]
+        secrets += [s.reveal() for s in settings.api_keys.values()]
         password = urlsplit(settings.config.amqp.url).password
         if password:
             secrets.append(password)
