@@ -49,6 +49,7 @@ EXEMPT = {
     "systemctl": "changes the machine",
     "make bench": "a benchmark (minutes); its harness has its own smoke tests",
     "bridge bench": "a benchmark (minutes); its harness has its own smoke tests",
+    "pipx install": "installs into the user's ~/.local; the image installs the same wheel, and test_image.py runs both of its commands",
     "make run": "started once for the whole test (the demo every other command runs against)",
 }
 #: run against the tests' own RabbitMQ node, never the shared broker (they add policies)
