@@ -261,11 +261,11 @@ def test_compose_names_every_file_and_variable(img: Image) -> None:
             assert source.is_file(), f"{name}: {source} (mounted at {target}) is missing"
             img.put(target, source)
         argv = stack.argv(name)
-        assert argv[0] in ("bridge", "python"), f"{name}: {argv}"
+        assert argv[0] in ("/app/.venv/bin/bridge", "python"), f"{name}: {argv}"
         for word in argv:
             if word.startswith("/"):
                 assert (img.root / word[1:]).exists(), f"{name}: {word} is not in the image"
-        if argv[:2] in (["bridge", "run"], ["bridge", "fake-provider"]):
+        if composestack.named(argv)[:2] in (["bridge", "run"], ["bridge", "fake-provider"]):
             config = argv[argv.index("--config") + 1]
             check = img.run(["bridge", "check-config", "--config", config], stack.env(name))
             assert check.returncode == 0, f"{name}: {check.stderr}"
