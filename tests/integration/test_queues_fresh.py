@@ -6,6 +6,7 @@ exchanges and a source exchange no test declared, and everything is deleted afte
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -21,6 +22,7 @@ import pytest
 from bridge.amqp.publisher import AmqpPublisher
 from bridge.amqp.topology import topology
 from bridge.config import load
+from bridge.tools import queues
 from tests.conftest import AMQP_URL
 from tests.support.harness import Names
 
@@ -133,16 +135,23 @@ async def test_on_a_fresh_broker_the_bridge_topology_is_declared_first(tmp_path:
         )
 
 
-async def test_an_exchange_given_on_the_command_line_becomes_the_topology_s_exchange(
-    tmp_path: Path,
+async def test_an_exchange_given_on_the_command_line_is_declared_with_the_topology(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """In-process this time (the command's `run`), with `--exchange` naming the source's own."""
     async with fresh(tmp_path) as (names, path, connection):
         channel = await connection.channel()
-        other = f"{names.prefix}.crm"  # the source's exchange, asked for by name
-        done = declare(path, names, "--exchange", other)
-        assert done.returncode == 0, done.stderr
-        names_declared = {json.loads(line)["name"] for line in done.stdout.splitlines()}
-        assert {other, names.exchange, names.unrouted, names.invalid} <= names_declared
+        other = f"{names.prefix}.crm"
+        argv = [
+            f"{names.prefix}.billing", "--bind", "incomingMessageReceived", "--config",
+            str(path), "--dead-letter-exchange", f"{names.prefix}.dead", "--exchange", other,
+        ]  # fmt: skip
+        parser = argparse.ArgumentParser()
+        queues.add_arguments(parser)
+        assert await asyncio.to_thread(queues.run, parser.parse_args(argv)) == 0
+        out = capsys.readouterr().out
+        declared = {json.loads(line)["name"] for line in out.splitlines()}
+        assert {other, names.exchange, names.unrouted, names.invalid} <= declared
         exchange = await channel.get_exchange(other, ensure=False)
         await exchange.publish(aio_pika.Message(b"{}"), routing_key="nobodyListens")
         unrouted = await channel.declare_queue(names.unrouted, passive=True)
