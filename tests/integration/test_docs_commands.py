@@ -255,6 +255,7 @@ def on_own_node(command: Command, node: RabbitNode) -> None:
         "RABBITMQ_ERLANG_COOKIE": cookie.read_text(),
     }
     before = _definitions(node)
+    imported: dict[str, Any] | None = None  # the node's definitions once the import is done
     try:
         result = subprocess.run(
             ["bash", "-c", command.text], cwd=REPO, env=env, capture_output=True, text=True,
@@ -272,16 +273,18 @@ def on_own_node(command: Command, node: RabbitNode) -> None:
                 for kind in ("exchanges", "queues", "policies")
             }
             if not any(missing.values()):
+                imported = have
                 break
             assert time.monotonic() < deadline, f"not imported: {missing}"
             time.sleep(0.2)
     finally:
-        _restore(node, before)
+        _restore(node, before, imported)
 
 
-def _restore(node: RabbitNode, before: dict[str, Any]) -> None:
-    """Delete the exchanges, queues and policies of vhost / that `before` did not have."""
-    now = _definitions(node)
+def _restore(node: RabbitNode, before: dict[str, Any], now: dict[str, Any] | None) -> None:
+    """Delete the exchanges, queues and policies of vhost / that `before` did not have
+    (`now`: the node's definitions, if they were just read)."""
+    now = now or _definitions(node)
     for name in _names(now, "policies") - _names(before, "policies"):
         node.rabbitmqctl("clear_policy", name)
     queues = _names(now, "queues") - _names(before, "queues")
