@@ -59,6 +59,7 @@ class AmqpConfig(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     connect_timeout: PositiveFloat = 10.0
     heartbeat: Annotated[int, Meta(ge=0, le=600)] = 30
     dedup_size: Annotated[int, Meta(ge=0)] = 100_000
+    cloudevents: bool = False  # also the CloudEvents RabbitMQ binding's ce- headers
 
 
 class HttpConfig(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -99,6 +99,7 @@ class Pipeline:
             classified=classified,
             received_at_ms=received_at_ms,
             receipt_id=receipt_id,
+            cloudevents=self._amqp.cloudevents,
         )
         if not classified.known:
             self._note_unknown(source, classified.event)
