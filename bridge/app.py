@@ -247,6 +247,7 @@ class _Pollers:
             p.source.name: (p, None) for p in pollers
         }
         self._open = False
+        self._ending: set[asyncio.Task[None]] = set()  # stopped by a reload, not ended yet
 
     def pollers(self) -> list[Poller]:
         return [poller for poller, _ in self._running.values()]
@@ -263,7 +264,12 @@ class _Pollers:
         stopping = [self._running.pop(name) for name in names if name in self._running]
         for poller, _ in stopping:
             poller.stop()
-        await finish([task for _, task in stopping if task is not None], STOP_TIMEOUT)
+        tasks = [task for _, task in stopping if task is not None]
+        self._ending.update(tasks)
+        try:
+            await finish(tasks, STOP_TIMEOUT)
+        finally:
+            self._ending.difference_update(tasks)
         return [poller for poller, _ in stopping]
 
     def close(self) -> None:
@@ -282,3 +288,5 @@ class _Pollers:
     async def __aexit__(self, *_: object) -> None:
         self.close()
         await self.stop(list(self._running))
+        if self._ending:  # a reload's: the leases and the broker outlast them too
+            await asyncio.wait(self._ending, timeout=STOP_TIMEOUT)
