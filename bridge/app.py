@@ -47,7 +47,15 @@ from bridge.ingest.pipeline import Pipeline
 from bridge.ingest.poller import Poller
 from bridge.ingest.webhooks import Webhooks
 from bridge.logs import get_logger
-from bridge.metrics import SOURCE_UP
+from bridge.metrics import (
+    INSTANCE_AUTHORIZED,
+    INSTANCE_STATE,
+    LAST_NOTIFICATION,
+    SILENT_AFTER,
+    SOURCE_UP,
+    STATE_CHECKED,
+)
+from bridge.monitor import Monitor
 from bridge.reload import Change, diff, summary
 from bridge.retry import Backoff
 
@@ -99,6 +107,7 @@ class Service:
         self._reloading = asyncio.Lock()
         self._fatal: asyncio.TaskGroup | None = None
         self._leasing: contextlib.AsyncExitStack | None = None  # where the leases run
+        self._monitoring: contextlib.AsyncExitStack | None = None  # where the monitor runs
 
     @property
     def pollers(self) -> list[Poller]:
@@ -146,6 +155,8 @@ class Service:
             await self._keep_leases(self.leases)
         await stack.enter_async_context(self._serving())
         await stack.enter_async_context(self._pollers)
+        self._monitoring = await stack.enter_async_context(contextlib.AsyncExitStack())
+        await self._monitoring.enter_async_context(Monitor(self.settings, self.client))
         stack.callback(self._stopping)
         self._opened.set()
 
@@ -175,6 +186,14 @@ class Service:
                 log.warning("config.needs_restart", key=key, hint="the running value stays")
             self.webhooks.reconfigure(change.settings)
             resumed = await self._repoll(change)
+            if change.monitor and self._monitoring is not None:  # a new one, on the new sources
+                await self._monitoring.aclose()
+                if not self._stop.is_set():
+                    monitor = Monitor(change.settings, self.client)
+                    await self._monitoring.enter_async_context(monitor)
+            for source in self.settings.config.sources:
+                if source.name in change.removed:
+                    _forget_gauges(source)
             self.settings = change.settings
             for name in change.added:
                 if name in self.webhooks.open_sources():
@@ -203,7 +222,7 @@ class Service:
                 continue
             if self.leases is not None:
                 self.leases.remove(source)  # after its last notification: another may take it
-            SOURCE_UP.remove(source.provider, source.instance)
+            SOURCE_UP.remove(source.provider, source.instance)  # polled no more
         cfg = change.settings.config
         if starting and self.leases is None and cfg.lease.enabled and not self._stop.is_set():
             self.leases = LeaseKeeper(cfg.lease, cfg.amqp, (), self._reconnect)
@@ -234,6 +253,16 @@ class Service:
         finally:
             self.http.should_exit = True
             await finish([task], STOP_TIMEOUT)
+
+
+def _forget_gauges(source: Source) -> None:
+    """A removed source's gauges go with it (its counters stay until the process ends):
+    no alert fires for an instance nobody configures any more."""
+    labels = (source.provider, source.instance)
+    for gauge in (SOURCE_UP, SILENT_AFTER, INSTANCE_AUTHORIZED, STATE_CHECKED):
+        gauge.remove(*labels)
+    INSTANCE_STATE.remove_by_labels({"provider": source.provider, "instance": source.instance})
+    LAST_NOTIFICATION.times.pop(labels, None)
 
 
 class _Pollers:

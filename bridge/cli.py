@@ -129,6 +129,7 @@ def _secrets(settings: Settings) -> list[str]:
     secrets += [s.reveal() for s in settings.webhook_tokens.values()]
     secrets += [s.reveal() for s in settings.hmac_keys.values()]
     secrets += [s.reveal() for s in settings.verify_tokens.values()]
+    secrets += [s.reveal() for s in settings.api_keys.values()]
     password = urlsplit(settings.config.amqp.url).password
     if password:
         secrets.append(password)

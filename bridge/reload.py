@@ -6,8 +6,8 @@ of it takes effect:
 * sources: by name (`provider:instance`), added, removed, or changed (the source's table or
   one of its secrets differs); each polling source whose poller must restart (a changed table
   or token, or any change of a live `[poll]` key) is in `stop` and `start`;
-* keys that only take effect at start (`RESTART_KEYS`: a whole section, or one key of it) keep
-  their running value and are named in `restart`, for a "needs a restart" warning;
+* keys that only take effect at start (all but `LIVE_KEYS`) keep their running value and are
+  named in `restart`, for a "needs a restart" warning;
 * a source whose own `exchange` was not declared at start is held at its running form (not
   added, if it is new): the publisher declares exchanges only when it connects.
 
@@ -23,21 +23,23 @@ import msgspec
 
 from bridge.config import Secret, Settings, Source
 
-#: Keys read once at start: a section name (every key of it) or `section.key`.
-RESTART_KEYS = frozenset(
+#: What a reload changes in a running process: a section name (every key of it, but those in
+#: `RESTART_KEYS`) or `section.key`. Every other key is read once, at start.
+LIVE_KEYS = frozenset(
     {
-        "amqp",  # the connections, the declared topology, the publisher's dedup
-        "lease",  # the lease connection, the beat period, the members exchange
-        "http.listen",  # the bound socket
-        "http.header_timeout",  # the server's protocol, built at start
-        "http.keepalive_timeout",
-        "http.drain_timeout",
-        "poll.max_connections",  # the one connection pool every poller shares
-        "log.format",  # the log handler
+        "poll",  # each poller takes the section when it starts: every poller restarts
+        "monitor",  # the monitor restarts with the new sources and settings
+        "http.max_body_bytes",  # the webhook app's limits and rules, swapped whole
+        "http.body_timeout",
+        "http.retry_after",
+        "http.allow_ips",
+        "http.trusted_proxies",
+        "log.level",
     }
 )
-_SECTIONS = ("amqp", "http", "poll", "lease", "log")
-_SECRETS = ("tokens", "webhook_tokens", "hmac_keys", "verify_tokens")
+#: Keys of a live section that still need a restart.
+RESTART_KEYS = frozenset({"poll.max_connections"})  # the one pool every poller shares
+_SECRETS = ("tokens", "webhook_tokens", "hmac_keys", "verify_tokens", "api_keys")
 
 
 class Change(msgspec.Struct, frozen=True, kw_only=True):
@@ -50,11 +52,14 @@ class Change(msgspec.Struct, frozen=True, kw_only=True):
     restart: tuple[str, ...] = ()  # keys whose new value needs a restart (kept as running)
     stop: tuple[str, ...] = ()  # running pollers to stop (removed, or restarting)
     start: tuple[Source, ...] = ()  # pollers to start (added, or restarting)
+    monitor: bool = False  # the monitor restarts (its sources or its section changed)
 
 
 def needs_restart(key: str) -> bool:
-    """Whether `section.key` takes effect only at start."""
-    return key in RESTART_KEYS or key.partition(".")[0] in RESTART_KEYS
+    """Whether `section.key` takes effect only at start: every key not known to be live
+    (`amqp`, `lease`, `http.listen`, …, and any section added later)."""
+    live = key in LIVE_KEYS or key.partition(".")[0] in LIVE_KEYS
+    return key in RESTART_KEYS or not live
 
 
 def diff(running: Settings, loaded: Settings, *, exchanges: Set[str] = frozenset()) -> Change:
@@ -62,8 +67,14 @@ def diff(running: Settings, loaded: Settings, *, exchanges: Set[str] = frozenset
     publisher declared at start."""
     restart: list[str] = []
     sections = {
-        name: _section(name, getattr(running.config, name), getattr(loaded.config, name), restart)
-        for name in _SECTIONS
+        field.name: _section(
+            field.name,
+            getattr(running.config, field.name),
+            getattr(loaded.config, field.name),
+            restart,
+        )
+        for field in msgspec.structs.fields(loaded.config)
+        if field.name != "sources"
     }
     sources, secrets = _sources(running, loaded, exchanges, restart)
     effective = Settings(
@@ -76,14 +87,18 @@ def diff(running: Settings, loaded: Settings, *, exchanges: Set[str] = frozenset
         n for n in new if n in old and _identity(running, old[n]) != _identity(effective, new[n])
     )
     stop, start = _pollers(running, effective)
+    added = tuple(n for n in new if n not in old)
+    removed = tuple(n for n in old if n not in new)
     return Change(
         settings=effective,
-        added=tuple(n for n in new if n not in old),
-        removed=tuple(n for n in old if n not in new),
+        added=added,
+        removed=removed,
         changed=changed,
         restart=tuple(restart),
         stop=stop,
         start=start,
+        monitor=bool(added or removed or changed)
+        or running.config.monitor != effective.config.monitor,
     )
 
 
@@ -157,4 +172,4 @@ def summary(change: Change) -> dict[str, int]:
     }
 
 
-__all__ = ["RESTART_KEYS", "Change", "diff", "needs_restart", "summary"]
+__all__ = ["LIVE_KEYS", "RESTART_KEYS", "Change", "diff", "needs_restart", "summary"]

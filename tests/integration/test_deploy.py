@@ -714,6 +714,10 @@ def test_alert_rules_use_only_bridge_metrics_and_explain_themselves() -> None:
     find("bridge_source_running == 0")
     find('bridge_webhook_responses_total{status="503"}')
     find("bridge_poll_errors_total")
+    silent = find("time() -", "bridge_last_notification_timestamp_seconds")
+    assert "bridge_instance_silent_after_seconds" in silent["expr"]
+    assert "bridge_instance_authorized) == 0" in " ".join(silent["expr"].split())
+    assert find("bridge_instance_state == 1", "bridge_instance_authorized")["for"] == "10m"
 
 
 def test_alert_rules_pass_promtool() -> None:
@@ -755,6 +759,9 @@ def test_grafana_dashboard_panels_use_bridge_metrics() -> None:
         "bridge_received_total", "bridge_published_total", "bridge_confirm_latency_seconds_bucket",
         "bridge_publish_in_flight", "bridge_broker_ready", "bridge_quarantined_total",
         "bridge_webhook_responses_total", "bridge_poll_errors_total", "bridge_source_running",
+        "bridge_last_notification_timestamp_seconds", "bridge_instance_silent_after_seconds",
+        "bridge_instance_authorized", "bridge_instance_state",
+        "bridge_instance_state_probe_errors_total",
     }  # fmt: skip
     assert expected <= used
     exprs = " ".join(t["expr"] for p in panels for t in p["targets"])

@@ -1,6 +1,7 @@
 """`Service.reload()` in the test's loop against the real broker: the first polling source a
-reload adds starts the leases; a source stopped on a permanent error runs again after a
-reload; a removed source's gauges go with it."""
+reload adds starts the leases; the monitor restarts on the new sources and keeps the others'
+silence clock; a source stopped on a permanent error runs again after a reload; a removed
+source's gauges go with it."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from bridge.app import Service
-from bridge.metrics import REGISTRY
+from bridge.metrics import LAST_NOTIFICATION, REGISTRY
 from fakeprovider.wire import Fault
 from tests.conftest import AMQP_URL
 from tests.support.harness import (
@@ -53,10 +54,17 @@ async def test_reload_adds_the_first_poller_resumes_a_stopped_one_and_removes_it
         try:
             await asyncio.wait_for(service.publisher.wait_ready(), 15)
             assert service.leases is None and service.pollers == []
+            await wait_until(lambda: ("evolution", "bot") in LAST_NOTIFICATION.times)
+            watched_since = LAST_NOTIFICATION.times["evolution", "bot"]
             fake.state.enqueue(INSTANCE, b'{"typeWebhook":"incomingCall","idMessage":"1"}')
             change = await service.reload(settings_for(tmp_path, polling, env))
             assert change is not None and change.added == (f"greenapi:{INSTANCE}",)
             assert service.leases is not None  # started by the reload
+            assert change.monitor and gauges("bridge_instance_silent_after_seconds") == {
+                0: "3600.0"
+            }
+            # the monitor's restart keeps what the other sources' silence is measured from
+            assert LAST_NOTIFICATION.times["evolution", "bot"] == watched_since
             await wait_until(lambda: fake.state.instance_stats(INSTANCE).deleted == 1)
             assert gauges("bridge_source_running") == {0: "1.0"}
 
@@ -73,6 +81,8 @@ async def test_reload_adds_the_first_poller_resumes_a_stopped_one_and_removes_it
             assert change is not None and change.removed == (f"greenapi:{INSTANCE}",)
             assert service.pollers == []
             assert gauges("bridge_source_running") == {}
+            assert gauges("bridge_instance_silent_after_seconds") == {}  # no silence alert
+            assert ("greenapi", INSTANCE) not in LAST_NOTIFICATION.times
             await wait_until(lambda: gauges("bridge_lease_held") == {}, 10)
         finally:
             await service.shutdown()

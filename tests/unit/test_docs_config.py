@@ -7,7 +7,15 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from bridge.config import AmqpConfig, HttpConfig, LeaseConfig, LogConfig, PollConfig, Source
+from bridge.config import (
+    AmqpConfig,
+    HttpConfig,
+    LeaseConfig,
+    LogConfig,
+    MonitorConfig,
+    PollConfig,
+    Source,
+)
 
 DOC = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
 SECTIONS = {
@@ -15,6 +23,7 @@ SECTIONS = {
     "http": HttpConfig,
     "poll": PollConfig,
     "lease": LeaseConfig,
+    "monitor": MonitorConfig,
     "log": LogConfig,
 }
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
 import pytest
 
-from bridge.config import Settings, load
-from bridge.reload import RESTART_KEYS, diff, needs_restart, summary
+from bridge.config import Config, Settings, load
+from bridge.reload import LIVE_KEYS, diff, needs_restart, summary
 
 Make = Callable[[str], Settings]
 ENV = {
@@ -60,7 +61,7 @@ def test_the_same_file_changes_nothing(settings: Make) -> None:
     text = poll("1101000001") + hook("bot")
     change = diff(settings(text), settings(text))
     assert (change.added, change.removed, change.changed, change.restart) == ((), (), (), ())
-    assert (change.stop, change.start) == ((), ())
+    assert (change.stop, change.start, change.monitor) == ((), (), False)
     assert summary(change) == {"added": 0, "removed": 0, "changed": 0, "restart_needed": 0}
 
 
@@ -82,6 +83,7 @@ def test_added_removed_and_changed_sources_by_name(settings: Make) -> None:
     assert change.settings.webhook_tokens["evolution:bot"].reveal() == ENV["H1B"]
     assert "evolution:old" not in change.settings.webhook_tokens
     assert summary(change) == {"added": 2, "removed": 2, "changed": 2, "restart_needed": 0}
+    assert change.monitor  # it probes the sources
 
 
 def test_a_changed_table_restarts_its_poller_only(settings: Make) -> None:
@@ -151,6 +153,8 @@ def test_restart_keys_keep_their_running_value(
         ("http", "allow_ips", '["10.0.0.0/8"]', ("10.0.0.0/8",)),
         ("http", "trusted_proxies", '["10.0.0.1"]', ("10.0.0.1",)),
         ("log", "level", '"debug"', "debug"),
+        ("monitor", "state_interval", "60", 60),
+        ("monitor", "enabled", "false", False),
     ],
 )
 def test_live_keys_take_their_new_value(
@@ -159,6 +163,7 @@ def test_live_keys_take_their_new_value(
     change = diff(settings(hook("bot")), settings(f"[{table}]\n{key} = {value}\n" + hook("bot")))
     assert change.restart == ()
     assert getattr(getattr(change.settings.config, table), key) == expected
+    assert change.monitor == (table == "monitor")
 
 
 def test_a_source_naming_an_undeclared_exchange_is_held(settings: Make) -> None:
@@ -182,10 +187,12 @@ def test_a_source_naming_an_undeclared_exchange_is_held(settings: Make) -> None:
     assert "evolution:new" not in change.settings.webhook_tokens
 
 
-def test_restart_keys_are_sections_or_section_keys() -> None:
+def test_every_key_not_known_live_needs_a_restart() -> None:
     assert needs_restart("amqp.exchange")
     assert needs_restart("http.listen")
+    assert needs_restart("poll.max_connections")
+    assert needs_restart("archive.enabled")  # a section this module does not know
     assert not needs_restart("http.allow_ips")
     assert not needs_restart("poll.backoff_max")
-    sections = {"amqp", "http", "poll", "lease", "log"}
-    assert all(key.partition(".")[0] in sections for key in RESTART_KEYS)
+    sections = {f.name for f in msgspec.structs.fields(Config)}
+    assert all(key.partition(".")[0] in sections for key in LIVE_KEYS)
