@@ -183,7 +183,9 @@ class Service:
                 return None
             change = diff(self.settings, loaded, exchanges=self._exchanges)
             for key in change.restart:
-                log.warning("config.needs_restart", key=key, hint="the running value stays")
+                log.warning(
+                    "config.needs_restart", key=key, hint="the running value stays until a restart"
+                )
             self.webhooks.reconfigure(change.settings)
             resumed = await self._repoll(change)
             if change.monitor and self._monitoring is not None:  # a new one, on the new sources

@@ -3,13 +3,16 @@ the key a refused reload names, and the systemd unit's reload."""
 
 from __future__ import annotations
 
+import argparse
 import os
+import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from bridge import cli
+from tests.support.harness import wait_until
 
 REPO = Path(__file__).parents[2]
 
@@ -90,3 +93,28 @@ def test_reload_checks_the_config_first(tmp_path: Path) -> None:
 def test_the_systemd_unit_reloads_with_sighup() -> None:
     unit = (REPO / "deploy" / "systemd" / "bridge.service").read_text()
     assert "\nExecReload=/bin/kill -HUP $MAINPID\n" in unit
+
+
+class StubService:
+    def __init__(self) -> None:
+        self.loaded: list[object] = []
+
+    async def reload(self, loaded: object) -> None:
+        self.loaded.append(loaded)
+
+
+async def test_a_sighup_before_the_service_is_there_reloads_once_it_is(tmp_path: Path) -> None:
+    """`bridge run` takes SIGHUP from its first line: one that comes while it starts is kept
+    and applied once the service runs (the default action would end the process)."""
+    path = tmp_path / "bridge.toml"
+    path.write_text("[http]\nretry_after = 9\n")
+    hangup = cli._Hangup(argparse.Namespace(log_level="info"), str(path))
+    try:
+        os.kill(os.getpid(), signal.SIGHUP)
+        service = StubService()
+        hangup.install(service, cli.logs.Redactor())  # type: ignore[arg-type]
+        await wait_until(lambda: len(service.loaded) == 1)
+        os.kill(os.getpid(), signal.SIGHUP)  # from now on each one reloads
+        await wait_until(lambda: len(service.loaded) == 2)
+    finally:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
