@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Iterable
 from types import TracebackType
 from typing import NamedTuple, Self
@@ -220,8 +221,9 @@ class Monitor:
 
 
 def _watching(sources: Iterable[Source], silent_after: float) -> None:
-    """Export the threshold of every source, and now as its last notification."""
+    """Export the threshold of every source, and now as its last notification (unless one
+    was confirmed or stamped before: the monitor restarts on a reload)."""
     for source in sources:
         labels = (source.provider, source.instance)
         SILENT_AFTER.labels(*labels).set(silent_after)
-        LAST_NOTIFICATION.stamp(*labels)
+        LAST_NOTIFICATION.times.setdefault(labels, time.time())  # a reload's restart keeps it
