@@ -25,7 +25,9 @@ __all__ = [
     "fake_provider",
     "names",
     "queues_declare",
+    "reload",
     "replay",
+    "run",
     "simulate",
     "tail",
 ]
@@ -40,6 +42,34 @@ def common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="TOML file (default: ./bridge.toml when present)")
     parser.add_argument("--log-format", choices=["auto", "json", "text"], default=None)
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=None)
+
+
+def run(parser: argparse.ArgumentParser) -> None:
+    """`bridge run`: the common options and `--pid-file`."""
+    common(parser)
+    parser.add_argument(
+        "--pid-file",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="write the process id here while running (for `bridge reload`)",
+    )
+
+
+def reload(parser: argparse.ArgumentParser) -> None:
+    """`bridge reload`: signal a running `bridge run` to read its configuration again."""
+    parser.add_argument(
+        "--pid-file",
+        type=Path,
+        required=True,
+        metavar="PATH",
+        help="the file `bridge run --pid-file` writes",
+    )
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="check this file first and signal only if it is valid (with this environment)",
+    )
 
 
 def fake_provider(parser: argparse.ArgumentParser) -> None:

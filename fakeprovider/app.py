@@ -15,8 +15,9 @@ per instance and method (429), parameters (400), then the next queued fault, the
 latency, and finally the real answer. While an instance has a ``webhookUrl`` its queue is
 pushed and ``receiveNotification`` answers ``null``. Evolution's ``/webhook/set/{name}`` and
 ``/webhook/find/{name}`` are served on the same port (:mod:`fakeprovider.evolution`), and so
-are WAHA's ``/api/sessions...`` (:mod:`fakeprovider.waha`); Meta only pushes
-(:mod:`fakeprovider.meta`). Control
+are WAHA's ``/api/sessions...`` (:mod:`fakeprovider.waha`), and the instance state calls
+(:mod:`fakeprovider.states`: ``getStateInstance``, ``/instance/connectionState/{name}``);
+Meta only pushes (:mod:`fakeprovider.meta`). Control
 calls live under ``/_control`` (see :mod:`fakeprovider.control` and
 :mod:`fakeprovider.pushcontrol`).
 """
@@ -44,6 +45,7 @@ from fakeprovider.greenjournal import JOURNALS, minutes_from_query
 from fakeprovider.meta import FakeMeta
 from fakeprovider.pushcontrol import handle_push_control
 from fakeprovider.settings import SettingsError, encode_settings
+from fakeprovider.states import FakeStates, is_state_call
 from fakeprovider.waha import FakeWaha
 from fakeprovider.waiting import (
     connected_check,
@@ -72,6 +74,7 @@ _DROP_PREFIX: Final = b'{"receiptId":'
 _DROP_LENGTH: Final = b"512"
 DROP_LOG_MESSAGE: Final = "ASGI callable returned without completing response."
 _PREFIX_LEN: Final = len("waInstance")
+_STATE_PREFIXES: Final = ("/waInstance", "/instance/")
 
 
 def _bad_request(message: str) -> bytes:
@@ -111,7 +114,7 @@ def _reason(status: int) -> str:
 
 
 class _FakeProvider:
-    __slots__ = ("chatapi", "evolution", "meta", "state", "waha")
+    __slots__ = ("chatapi", "evolution", "meta", "state", "states", "waha")
 
     def __init__(
         self,
@@ -126,14 +129,15 @@ class _FakeProvider:
         self.chatapi = chatapi
         self.waha = waha
         self.meta = meta
+        self.states = FakeStates(state, evolution, waha)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
             path: str = scope["path"]
-            if path.startswith("/waInstance"):
+            if path.startswith("/waInstance") and not is_state_call(path):
                 await self._provider(scope, receive, send)
-            elif path.startswith(("/_control", "/webhook/", "/api/sessions")):
+            elif path.startswith(("/_control", "/webhook/", "/api/sessions", *_STATE_PREFIXES)):
                 body = await read_body(receive)
                 if body is not None:
                     status, reply = self._buffered(scope, path, body)
@@ -145,6 +149,9 @@ class _FakeProvider:
 
     def _buffered(self, scope: Scope, path: str, body: bytes) -> tuple[int, bytes]:
         method: str = scope["method"]
+        states = self._states(scope, method, path, body)
+        if states is not None:
+            return states
         if path.startswith("/webhook/"):
             apikey = header(scope, b"apikey")
             return self.evolution.handle_api(method, path, apikey, body)
@@ -168,7 +175,17 @@ class _FakeProvider:
             self.chatapi.reset()
             self.waha.reset()
             self.meta.reset()
+            self.states.reset()
         return status, result
+
+    def _states(
+        self, scope: Scope, method: str, path: str, body: bytes
+    ) -> tuple[int, bytes] | None:
+        """The instance state calls and their control (:mod:`fakeprovider.states`)."""
+        if path.startswith("/_control"):
+            return self.states.control(method, path, body)
+        key = header(scope, b"x-api-key" if path.startswith("/api/") else b"apikey")
+        return self.states.handle(method, path, key)
 
     async def _provider(self, scope: Scope, receive: Receive, send: Send) -> None:
         parts: list[str] = scope["path"].split("/")

@@ -13,6 +13,7 @@ from bridge.config import (
     HttpConfig,
     LeaseConfig,
     LogConfig,
+    MonitorConfig,
     PollConfig,
     Source,
 )
@@ -23,6 +24,7 @@ SECTIONS = {
     "http": HttpConfig,
     "poll": PollConfig,
     "lease": LeaseConfig,
+    "monitor": MonitorConfig,
     "log": LogConfig,
     "archive": ArchiveConfig,
 }
