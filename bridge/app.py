@@ -73,7 +73,7 @@ class Service:
             initial=cfg.poll.backoff_initial, maximum=min(cfg.poll.backoff_max, 10.0), floor=0.05
         )
         self._reconnect = reconnect
-        self.publisher = AmqpPublisher(cfg.amqp, topology(cfg.amqp, extra), reconnect)
+        self.publisher = AmqpPublisher(cfg.amqp, topology(cfg.amqp, extra, cfg.archive), reconnect)
         self.pipeline = Pipeline(cfg.amqp, self.publisher)
         self._own_client = client is None
         self.client = client or AiohttpProviderHttp(max_connections=cfg.poll.max_connections)

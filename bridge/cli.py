@@ -92,6 +92,16 @@ def _parser() -> argparse.ArgumentParser:
     tail_cmd = sub.add_parser("tail", help="print what arrives on a binding, taking nothing")
     arguments.tail(tail_cmd)
     tail_cmd.set_defaults(handler=cmd_tail)
+    replay_cmd = sub.add_parser(
+        "replay", help="republish notifications from the archive, by time, event, instance"
+    )
+    arguments.replay(replay_cmd)
+    replay_cmd.set_defaults(handler=cmd_replay)
+    audit_cmd = sub.add_parser(
+        "audit", help="compare the providers' journals with the archive: what never arrived"
+    )
+    arguments.audit(audit_cmd)
+    audit_cmd.set_defaults(handler=cmd_audit)
 
     # The harness lives in benchmarks/ of a checkout and parses its own arguments. No option
     # prefix here, so that every argument, `--help` included, is the harness's (REMAINDER
@@ -483,6 +493,18 @@ def cmd_tail(args: argparse.Namespace) -> int:
     from bridge.tools import tail
 
     return tail.run(args)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from bridge.tools import replay
+
+    return replay.run(args)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from bridge.tools import audit
+
+    return audit.run(args)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

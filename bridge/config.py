@@ -98,6 +98,27 @@ class LeaseConfig(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True)
     exchange: str = "bridge.members"
 
 
+#: RabbitMQ's retention age for a stream: a positive integer and one unit, Y M D h m s.
+MAX_AGE = re.compile(r"[1-9][0-9]*[YMDhms]")
+
+
+class ArchiveConfig(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """`notifications.archive`: a stream holding every notification the bridge publishes."""
+
+    enabled: bool = True
+    stream: str | None = None  # default: "<amqp.exchange>.archive"
+    ingest_suffix: str = ".ingest"  # the fanout before each topic exchange: "<exchange>.ingest"
+    max_age: str = "7D"
+    max_length_bytes: Annotated[int, Meta(ge=1)] = 10_000_000_000
+    max_segment_size_bytes: Annotated[int, Meta(ge=1, le=3_000_000_000)] = 100_000_000
+
+    def stream_for(self, amqp: AmqpConfig) -> str:
+        return self.stream or f"{amqp.exchange}.archive"
+
+    def ingest_for(self, exchange: str) -> str:
+        return f"{exchange}{self.ingest_suffix}"
+
+
 #: The shortest `monitor.state_interval`: one state call a second per instance, GREEN-API's
 #: documented limit for `getStateInstance` (Evolution and WAHA are self-hosted, unlimited).
 MIN_STATE_INTERVAL = 1.0
@@ -151,6 +172,7 @@ class Config(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     lease: LeaseConfig = LeaseConfig()
     monitor: MonitorConfig = MonitorConfig()
     log: LogConfig = LogConfig()
+    archive: ArchiveConfig = ArchiveConfig()
     sources: tuple[Source, ...] = ()
 
 
@@ -203,6 +225,7 @@ def load(
     _check(config)
     _check_http(config.http)
     _check_lease(config.lease)
+    _check_archive(config.archive)
     if not secrets:
         return Settings(config=config, tokens={}, webhook_tokens={})
     return Settings(
@@ -350,6 +373,16 @@ def _check_lease(lease: LeaseConfig) -> None:
         raise ConfigError(
             f"lease.settle: must be more than twice lease.interval ({2 * lease.interval:g} s)"
         )
+
+
+def _check_archive(archive: ArchiveConfig) -> None:
+    if not MAX_AGE.fullmatch(archive.max_age):
+        raise ConfigError(
+            f"archive.max_age: must be a number and one unit of Y M D h m s"
+            f" (e.g. 7D, 12h), got {archive.max_age!r}"
+        )
+    if not archive.ingest_suffix.strip() or archive.stream == "":
+        raise ConfigError("archive: stream and ingest_suffix must not be empty")
 
 
 def _resolve(config: Config, env: Mapping[str, str], kind: str) -> dict[str, Secret]:

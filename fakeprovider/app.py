@@ -6,6 +6,9 @@ Provider calls (real GREEN-API URL shapes)::
     DELETE /waInstance{id}/deleteNotification/{token}/{receiptId}
     GET    /waInstance{id}/getSettings/{token}          (when ``settings_api`` is on)
     POST   /waInstance{id}/setSettings/{token}
+    GET    /waInstance{id}/lastIncomingMessages/{token}?minutes=N
+    GET    /waInstance{id}/lastOutgoingMessages/{token}?minutes=N
+                                   (the journals: :mod:`fakeprovider.greenjournal`)
 
 Each call is checked in this order: route (404), idInstance (400/403), token (401), rate limit
 per instance and method (429), parameters (400), then the next queued fault, the injected
@@ -38,6 +41,7 @@ from fakeprovider.greenapi import (
     parse_receipt_id,
     parse_receive_timeout,
 )
+from fakeprovider.greenjournal import JOURNALS, minutes_from_query
 from fakeprovider.meta import FakeMeta
 from fakeprovider.pushcontrol import handle_push_control
 from fakeprovider.settings import SettingsError, encode_settings
@@ -187,13 +191,15 @@ class _FakeProvider:
         parts: list[str] = scope["path"].split("/")
         count = len(parts)
         method = scope["method"]
-        settings = False
+        settings = journal = False
         if count == 4 and parts[2] == "receiveNotification" and method == "GET":
             receiving = True
         elif count == 5 and parts[2] == "deleteNotification" and method == "DELETE":
             receiving = False
         elif count == 4 and self.state.settings_api and _SETTINGS_ROUTES.get(parts[2]) == method:
             receiving, settings = False, True
+        elif count == 4 and parts[2] in JOURNALS and method == "GET":
+            receiving, journal = False, True
         else:
             await answer(send, 404, b"Not Found", _TEXT)
             return
@@ -212,7 +218,9 @@ class _FakeProvider:
             else:
                 await answer(send, 400, _bad_request("Parameter apiTokenInstance not define"))
             return
-        if settings:
+        if journal:
+            await _journal(instance, parts[2], scope["query_string"], send)
+        elif settings:
             await self._settings(instance, parts[2] == "setSettings", receive, send)
         elif receiving:
             handle = instance.begin_receive(connected_check(receive))
@@ -307,6 +315,16 @@ class _FakeProvider:
             await answer(send, 400, _bad_request(str(exc)))
             return
         await answer(send, 200, _SAVED)
+
+
+async def _journal(instance: Instance, route: str, query: bytes, send: Send) -> None:
+    """`lastIncomingMessages` / `lastOutgoingMessages`: the instance's journal."""
+    try:
+        minutes = minutes_from_query(query)
+    except ValueError:
+        await answer(send, 400, _bad_request("Parameter minutes not an integer"))
+        return
+    await answer(send, 200, instance.journal.answer(route, minutes))
 
 
 async def _faulted(fault: Fault, latency: float, receive: Receive, send: Send) -> bool:

@@ -156,7 +156,7 @@ class AmqpPublisher(Background):
         try:
             result = await channel.basic_publish(
                 out.body,
-                exchange=out.exchange,
+                exchange=self._topo.publish_exchange(out.exchange),
                 routing_key=out.routing_key,
                 properties=properties,
                 mandatory=True,

@@ -46,7 +46,7 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from bridge.amqp import topology as bridge_topology
 from bridge.amqp.connection import open_connection
 from bridge.arguments import DEAD_LETTER, DELIVERY_LIMIT, queues_declare
-from bridge.config import AmqpConfig, load, mask_url
+from bridge.config import AmqpConfig, ArchiveConfig, load, mask_url
 from bridge.errors import ConfigError, TopologyError
 
 HASH_HEADER: Final = "x-chat-id"
@@ -326,6 +326,11 @@ async def _declare_own(connection: AbstractConnection, topo: bridge_topology.Top
         state = "exists" if await _exists(connection, "queue", q.name) else "created"
         detail = {"arguments": dict(bridge_topology.QUORUM), "messages": 0, "consumers": 0}
         rows.append(Row("queue", q.name, state, detail))
+    if topo.archive is not None:  # the stream `bridge replay` reads
+        name = topo.archive.stream
+        state = "exists" if await _exists(connection, "queue", name) else "created"
+        detail = {"arguments": dict(topo.archive.arguments), "messages": 0, "consumers": 0}
+        rows.append(Row("queue", name, state, detail))
     async with _channel(connection) as channel:
         await bridge_topology.declare(channel, topo, timeout=TIMEOUT)
     return rows
@@ -397,11 +402,12 @@ def own_topology(args: argparse.Namespace, exchange: str) -> bridge_topology.Top
     """What `bridge run` declares for the config (the defaults, with `--amqp-url`), and
     `exchange` declared like a source's own exchange if the config does not name it."""
     if args.amqp_url:
-        amqp, extra = AmqpConfig(), []
+        amqp, extra, archive = AmqpConfig(), [], ArchiveConfig()
     else:
         cfg = load(args.config, secrets=False).config
         amqp, extra = cfg.amqp, [s.exchange for s in cfg.sources if s.exchange]
-    return bridge_topology.topology(amqp, [*extra, exchange])
+        archive = cfg.archive
+    return bridge_topology.topology(amqp, [*extra, exchange], archive)
 
 
 async def declare(url: str, todo: Plan, own: bridge_topology.Topology | None = None) -> list[Row]:

@@ -820,6 +820,10 @@ def expected_topology() -> tuple[
     exchanges = {ex.name: (ex.kind, dict(ex.arguments)) for ex in topo.exchanges}
     queues = {q.name: dict(QUORUM) for q in topo.queues}
     bindings = {(q.bind_to, q.name, "#") for q in topo.queues}
+    assert topo.archive is not None  # on by default: the stream behind its ingest fanout
+    queues[topo.archive.stream] = dict(topo.archive.arguments)
+    for topic, fanout in topo.archive.ingest.items():
+        bindings |= {(fanout, topo.archive.stream, ""), (fanout, topic, "")}
     consumer = queues_tool.plan(
         "billing.incoming", ["incomingMessageReceived"], exchange=amqp.exchange
     )
@@ -846,7 +850,10 @@ def test_definitions_hold_the_bridge_topology_and_safe_policies() -> None:
     for q in defs["queues"]:
         assert (q["vhost"], q["durable"], q["auto_delete"]) == ("/", True, False)
     assert {(b["source"], b["destination"], b["routing_key"]) for b in defs["bindings"]} == bindings
-    assert {b["destination_type"] for b in defs["bindings"]} == {"queue"}
+    kinds = {(b["destination"], b["destination_type"]) for b in defs["bindings"]}
+    # queues, and the topic exchange behind the archive's ingest fanout
+    assert {name for name, kind in kinds if kind != "queue"} == {"notifications"}
+    assert {kind for _, kind in kinds} == {"queue", "exchange"}
 
     policies = {p["name"]: p for p in defs["policies"]}
     for policy in policies.values():

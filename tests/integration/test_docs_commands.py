@@ -162,11 +162,13 @@ async def main():
     c = await aio_pika.connect("amqp://guest:guest@127.0.0.1:5672/")
     async with c:
         for q in ("{prefix}.notifications.unrouted", "{prefix}.notifications.invalid", "billing.incoming",
+                  "{prefix}.notifications.archive",
                   *(("notifications.dead",) if {dead_letter!r} else ())):
             ch = await c.channel()
             try: await ch.queue_delete(q)
             except Exception: pass
         for e in ("{prefix}.notifications", "{prefix}.notifications.unrouted", "{prefix}.notifications.invalid",
+                  "{prefix}.notifications.ingest",
                   *(("notifications.dead",) if {dead_letter!r} else ())):
             ch = await c.channel()
             try: await ch.exchange_delete(e)

@@ -58,10 +58,11 @@ async def fresh(
     try:
         yield names, path, connection
     finally:
-        queues = [names.unrouted, names.invalid, f"{names.prefix}.billing", f"{names.prefix}.dead"]
+        queues = [names.unrouted, names.invalid, f"{names.prefix}.billing", f"{names.prefix}.dead",
+                  names.archive]  # fmt: skip
         exchanges = [
             names.exchange, names.unrouted, names.invalid, f"{names.prefix}.crm",
-            f"{names.prefix}.dead",
+            f"{names.prefix}.dead", names.ingest, f"{names.prefix}.crm.ingest",
         ]  # fmt: skip
         for kind, name in [*(("q", q) for q in queues), *(("e", e) for e in exchanges)]:
             async with connection.channel() as cleanup:

@@ -9,6 +9,7 @@ import pytest
 
 from bridge.config import (
     AmqpConfig,
+    ArchiveConfig,
     HttpConfig,
     LeaseConfig,
     LogConfig,
@@ -25,6 +26,7 @@ SECTIONS = {
     "lease": LeaseConfig,
     "monitor": MonitorConfig,
     "log": LogConfig,
+    "archive": ArchiveConfig,
 }
 
 
