@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from faststream import FastStream
-from faststream.rabbit import RabbitBroker, RabbitQueue
+from faststream.rabbit import Channel, RabbitBroker, RabbitQueue
 from faststream.rabbit.annotations import RabbitMessage
 
 Handled = Callable[[dict[str, Any], RabbitMessage], None]
@@ -23,8 +23,9 @@ Handled = Callable[[dict[str, Any], RabbitMessage], None]
 def app(amqp_url: str, queue: str, then: Handled = lambda _n, _m: None) -> RabbitBroker:
     broker = RabbitBroker(amqp_url)
 
-    # the queue is the operator's (`bridge queues declare`): consumed, never declared here
-    @broker.subscriber(RabbitQueue(queue, declare=False))
+    # the queue is the operator's (`bridge queues declare`): consumed, never declared here;
+    # one message at a time, so the handler sees them in the queue's order
+    @broker.subscriber(RabbitQueue(queue, declare=False), channel=Channel(prefetch_count=1))
     async def on_notification(notification: dict[str, Any], message: RabbitMessage) -> None:
         headers = message.headers
         print(message.raw_message.type, headers["x-instance"], headers.get("x-chat-id"))
