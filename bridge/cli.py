@@ -112,9 +112,10 @@ def _setup_logging(args: argparse.Namespace, settings: Settings | None) -> logs.
         secrets += [s.reveal() for s in settings.tokens.values()]
         secrets += [s.reveal() for s in settings.webhook_tokens.values()]
         secrets += [s.reveal() for s in settings.hmac_keys.values()]
-        password = urlsplit(settings.config.amqp.url).password
-        if password:
-            secrets.append(password)
+        for url in settings.config.amqp.nodes:
+            password = urlsplit(url).password
+            if password:
+                secrets.append(password)
     return logs.setup(level, fmt, secrets)
 
 

@@ -86,13 +86,13 @@ class AmqpPublisher(Background):
     async def run(self) -> None:
         """Keep a confirm channel up until `close()`; raises `TopologyError` (fatal)."""
         await keep_connection(
-            self._cfg.url,
+            self._cfg,
             self._session,
             stop=self._stop,
             backoff=self._backoff,
             timeout=self._cfg.connect_timeout,
             heartbeat=self._cfg.heartbeat,
-            name=f"bridge {APP_ID}",
+            role="publisher",
             after=self._down,
             events="broker",
             log=log,
@@ -105,7 +105,7 @@ class AmqpPublisher(Background):
         if self._stop.is_set():
             await self._drain()
 
-    async def _session(self, connection: aio_pika.abc.AbstractConnection) -> None:
+    async def _session(self, connection: aio_pika.Connection) -> None:
         """Open the confirm channel, declare the topology, serve until lost or stopped."""
         lost = asyncio.Event()
         connection.close_callbacks.add(lambda *_: lost.set())
@@ -117,7 +117,7 @@ class AmqpPublisher(Background):
         self._channel = underlay
         self._ready.set()
         BROKER_UP.set(1)
-        log.info("broker.ready", url=mask_url(self._cfg.url))
+        log.info("broker.ready", url=mask_url(str(connection.url.with_query(None))))
         await first(self._stop, lost)
 
     async def close(self, drain_timeout: float = 10.0) -> None:
