@@ -385,9 +385,7 @@ def test_amqp_urls_in_the_environment_replace_the_file_list(tmp_path: Path) -> N
         ("", {"BRIDGE_AMQP__URL": "amqp://a/", "BRIDGE_AMQP__URLS": "amqp://b/"}),
     ],
 )
-def test_url_and_urls_together_are_refused(
-    tmp_path: Path, text: str, env: dict[str, str]
-) -> None:
+def test_url_and_urls_together_are_refused(tmp_path: Path, text: str, env: dict[str, str]) -> None:
     with pytest.raises(ConfigError, match=r"^amqp\.urls: set either amqp\.url .* not both"):
         load(write(tmp_path, text), env)
 
