@@ -4,11 +4,9 @@
   member on every node; `check-config` lists the nodes with their passwords masked;
 * every connection carries `connection_name` = `bridge <host>/<pid> <role>`, as the
   management API shows it;
-* a node SIGKILLed under the publisher, the lease keeper, `bridge tail` and the consumer
-  helper: each moves to a live node within seconds and nothing acknowledged is lost.
 
-The fault suite's cluster phase (tests/chaos/test_cluster_faults.py) kills each node in turn
-under a fleet's mixed load.
+Nodes dying: the fault suite's cluster phase (tests/chaos/test_cluster_faults.py) kills each
+node in turn under a fleet's mixed load, with the consumer helper and `bridge tail` running.
 """
 
 from __future__ import annotations
@@ -28,19 +26,15 @@ import aio_pika
 import httpx
 import pytest
 
-from bridge.amqp.connection import connection_name, node_order
+from bridge.amqp.connection import connection_name
 from bridge.app import Service
 from bridge.consumer import Consumer
 from bridge.tools.tail import tail
 from tests.support.harness import (
     Names,
     bridge_toml,
-    declare_sink,
     delete_topology,
-    drain_sink,
     fake_greenapi,
-    first_copies,
-    one_id_per_body,
     settings_for,
     token_for,
     wait_until,
@@ -68,16 +62,6 @@ async def cluster(own_cluster: RabbitCluster) -> AsyncIterator[RabbitCluster]:
     """The session's cluster, all three nodes running again after the test."""
     yield own_cluster
     await asyncio.to_thread(own_cluster.ensure_running)
-
-
-async def declare_quorum(url: str, name: str, exchange: str) -> None:
-    connection = await aio_pika.connect(url)
-    async with connection:
-        channel = await connection.channel()
-        queue = await channel.declare_queue(
-            name, durable=True, arguments={"x-queue-type": "quorum"}
-        )
-        await queue.bind(exchange, "#")
 
 
 async def delete_queues(url: str, *queues: str) -> None:
@@ -110,12 +94,6 @@ class Lines:
 
     def flush(self) -> None:
         pass
-
-
-def note(instance: str, n: int) -> bytes:
-    return json.dumps(
-        {"typeWebhook": "incomingMessageReceived", "idMessage": f"{instance}-{n:04d}"}
-    ).encode()
 
 
 # -- topology and tools ----------------------------------------------------------------------
@@ -231,80 +209,3 @@ async def test_every_connection_is_named_in_the_management_api(
             await asyncio.wait_for(task, 30)
             await delete_queues(node.amqp_url, queue, f"{names.exchange}.dead")
             await delete_topology(node.amqp_url, names)
-
-
-# -- a node dies -----------------------------------------------------------------------------
-
-
-async def test_every_connection_moves_to_a_live_node_when_its_node_is_killed(
-    tmp_path: Path, cluster: RabbitCluster
-) -> None:
-    """This process's connections all start on the first node of its order: that one dies."""
-    victim = cluster.urls.index(node_order(cluster.urls)[0])
-    live = cluster.nodes[(victim + 1) % len(cluster.nodes)]
-    names = Names()
-    instance = "1101000960"
-    sink = await declare_sink(live.amqp_url, names)
-    queue = f"{names.prefix}.helper"
-    await declare_quorum(live.amqp_url, queue, names.exchange)
-    batch = 60
-    async with fake_greenapi([(instance, token_for(instance))], latency=0.002) as fake:
-        text, env = cluster_toml(
-            cluster.urls, names=names, api_url=fake.url, instances=[instance],
-            amqp_extra="heartbeat = 5",
-        )  # fmt: skip
-        service = Service(settings_for(tmp_path, text, env))
-        task = asyncio.create_task(service.run())
-        out, binds = Lines(), []
-        stop = asyncio.Event()
-        tailing: asyncio.Task[int] | None = None
-        consumer = Consumer(cluster.urls, queue)
-        got: list[bytes] = []
-
-        async def consume() -> None:
-            async for delivery in consumer:
-                got.append(delivery.body)
-                await delivery.ack()
-
-        try:
-            await wait_until(lambda: bool(service.leases and service.leases.held()), 60)
-            await wait_until(service.publisher.is_ready, 60)  # the exchange exists
-            tailing = asyncio.create_task(
-                tail(cluster.urls, names.exchange, ["#"], out=out, stop=stop, on_ready=binds.append)  # type: ignore[arg-type]
-            )
-            await consumer.start()
-            consuming = asyncio.create_task(consume())
-            await wait_until(lambda: len(binds) == 1, 30)
-            fake.state.enqueue_many(instance, [note(instance, n) for n in range(batch)])
-            await wait_until(lambda: len(got) >= batch and len(out.lines) >= batch, 60)
-
-            await asyncio.to_thread(cluster.kill, victim)
-            killed = time.monotonic()
-            fake.state.enqueue_many(instance, [note(instance, n) for n in range(batch, 2 * batch)])
-            await wait_until(lambda: fake.state.stats().totals.deleted > batch, 30)
-            resumed = time.monotonic() - killed
-            await wait_until(lambda: fake.state.stats().totals.outstanding == 0, 60)
-            await wait_until(lambda: len(set(got)) >= 2 * batch, 60)
-            await wait_until(lambda: len(binds) == 2 and any(
-                f"{instance}-{2 * batch - 1:04d}" in line for line in out.lines
-            ), 60)  # fmt: skip
-            assert resumed <= MOVE_BOUND, f"polling resumed {resumed:.1f} s after the kill"
-            assert service.publisher.is_ready()
-            assert service.leases is not None and service.leases.held()
-            assert consumer.stats["reconnects"] >= 1
-            assert not fake.state.stats().overlapped
-            consumer.stop()
-            await asyncio.wait_for(consuming, 30)
-        finally:
-            await consumer.close()
-            stop.set()
-            if tailing is not None:
-                await asyncio.wait_for(tailing, 30)
-            await service.shutdown()
-            await asyncio.wait_for(task, 30)
-            await asyncio.to_thread(cluster.restart, victim)
-    messages = await drain_sink(live.amqp_url, sink)
-    assert first_copies(messages) == {instance: [note(instance, n) for n in range(2 * batch)]}
-    assert one_id_per_body(messages)
-    await delete_queues(live.amqp_url, queue)
-    await delete_topology(live.amqp_url, names)
