@@ -35,6 +35,7 @@ from tests.support.harness import (
     bridge_toml,
     delete_topology,
     fake_greenapi,
+    free_port,
     settings_for,
     token_for,
     wait_until,
@@ -209,3 +210,28 @@ async def test_every_connection_is_named_in_the_management_api(
             await asyncio.wait_for(task, 30)
             await delete_queues(node.amqp_url, queue, f"{names.exchange}.dead")
             await delete_topology(node.amqp_url, names)
+
+
+async def test_tail_takes_the_node_list_and_skips_a_dead_node(cluster: RabbitCluster) -> None:
+    """`bridge tail --amqp-url a,b,dead` (a port nothing listens on, as a node that is down):
+    it binds on a live node, whatever its order, and prints what is published there."""
+    names = Names()
+    urls = [*cluster.urls[:2], f"amqp://guest:guest@127.0.0.1:{free_port()}/"]
+    connection = await aio_pika.connect(cluster.urls[0])
+    async with connection:
+        channel = await connection.channel()
+        exchange = await channel.declare_exchange(names.exchange, "topic", auto_delete=True)
+        process = await asyncio.create_subprocess_exec(
+            BRIDGE, "tail", "--amqp-url", ",".join(urls), "--exchange", names.exchange,
+            "--bind", "#", "--count", "1", "--json",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert process.stderr is not None
+        while not (line := await asyncio.wait_for(process.stderr.readline(), 60)).startswith(
+            b"tail: "
+        ):
+            assert line, "tail exited before binding"
+        await exchange.publish(aio_pika.Message(b'{"n": 1}', message_id="m-1"), "some.key")
+        out, _ = await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode == 0
+        assert json.loads(out)["message_id"] == "m-1"

@@ -115,3 +115,37 @@ async def test_one_node_backs_off_after_every_loss(monkeypatch: pytest.MonkeyPat
     _, pauses, sessions = await keep(monkeypatch, URLS[:1], set(), tries=3)
     assert sessions == 3
     assert all(p > 0 for p in pauses)
+
+
+async def test_connect_takes_the_first_node_that_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    tried: list[tuple[str, object]] = []
+
+    async def open_connection(url: str, **options: object) -> FakeConnection:
+        tried.append((url, options["client_properties"]))
+        if url != URLS[2]:
+            raise ConnectionRefusedError(url)
+        return FakeConnection()
+
+    monkeypatch.setattr(connection, "open_connection", open_connection)
+    monkeypatch.setattr(connection, "_orders", {URLS: URLS})
+    await connection.connect(list(URLS), "queues")
+    assert [url for url, _ in tried] == list(URLS)
+    assert tried[0][1] == {"connection_name": connection.connection_name("queues")}
+    tried.clear()
+    with pytest.raises(ConnectionRefusedError):
+        await connection.connect(",".join(URLS[:2]), "tail")
+    assert len(tried) == 2  # each once, then the last error
+
+
+async def test_connect_takes_the_configs_timeout_and_heartbeat(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: dict[str, object] = {}
+
+    async def open_connection(url: str, **options: object) -> FakeConnection:
+        seen.update(options, url=url)
+        return FakeConnection()
+
+    monkeypatch.setattr(connection, "open_connection", open_connection)
+    await connection.connect(AmqpConfig(url=URLS[0], connect_timeout=3, heartbeat=7), "replay")
+    assert (seen["url"], seen["timeout"], seen["heartbeat"]) == (URLS[0], 3, 7)
