@@ -36,13 +36,13 @@ SIZES = {
         "full", baseline=2_000, broker_soft=2, broker_hard=2, broker_notes=6_000,
         net_reset=2, net_blackhole=(4.0, 12.0), net_notes=6_000,
         fault_rounds=3, fault_notes=6_000, kills=10, kill_notes=20_000,
-        cluster_notes=3_000,
+        cluster_notes=1_500,
     ),
     "quick": Size(
         "quick", baseline=1_000, broker_soft=1, broker_hard=1, broker_notes=2_000,
         net_reset=1, net_blackhole=(12.0,), net_notes=2_000,
         fault_rounds=1, fault_notes=2_000, kills=3, kill_notes=5_000,
-        cluster_notes=1_000,
+        cluster_notes=600,
     ),
 }  # fmt: skip
 SIZE = SIZES[os.environ.get("BRIDGE_CHAOS_SIZE", "full")]
