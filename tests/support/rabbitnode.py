@@ -761,8 +761,8 @@ class RabbitCluster:
     """Private nodes joined into one RabbitMQ cluster (``join_cluster``), sharing one cookie.
 
     Each node is a :class:`RabbitNode` (its own name, ports, data directory, ``HOME``); all
-    boot at once, then every node but the first runs ``stop_app``, ``join_cluster <first>``,
-    ``start_app``. :meth:`kill` SIGKILLs one node's VM, :meth:`restart` boots it again on its
+    boot at once, then every node but the first in turn runs ``stop_app``, ``join_cluster
+    <first>``, ``start_app``. :meth:`kill` SIGKILLs one node's VM, :meth:`restart` boots it again on its
     data directory and waits until the cluster lists it as running.
     """
 
@@ -801,8 +801,8 @@ class RabbitCluster:
             with ThreadPoolExecutor(len(self.nodes)) as pool:
                 list(pool.map(RabbitNode.start, self.nodes))
             self.timings["boot all"] = time.monotonic() - started
-            with ThreadPoolExecutor(len(self.nodes)) as pool:
-                list(pool.map(self._join, self.nodes[1:]))
+            for node in self.nodes[1:]:  # one at a time: joining together can fail in mnesia
+                self._join(node)
             self.wait_running()
         except BaseException:
             self.stop()
@@ -943,7 +943,7 @@ class _SessionCluster:
 @pytest.fixture(scope="session")
 def own_cluster() -> Iterator[RabbitCluster]:
     """A private three-node RabbitMQ cluster for the whole session (started once, ~30 s:
-    the nodes boot together, then nodes 2 and 3 join node 1 together). Tests may kill and
+    the nodes boot together, then nodes 2 and 3 join node 1 in turn). Tests may kill and
     restart nodes; they must leave all three running (``ensure_running``). Stopped and its
     data deleted at session end (or at exit; orphans are reaped like a single node's)."""
     if not rabbitmq_available():
