@@ -238,7 +238,10 @@ def broker(parser: argparse.ArgumentParser) -> None:
     """`--config F | --amqp-url URL` and `--exchange` (`bridge queues declare`, `bridge tail`)."""
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--config", help="bridge TOML file: its [amqp] url and exchange")
-    source.add_argument("--amqp-url", help="broker URL (default: amqp.url of the config)")
+    source.add_argument(
+        "--amqp-url",
+        help="broker URL, or a cluster's node URLs comma-separated (default: the config's)",
+    )
     parser.add_argument("--exchange", help="the notifications exchange (default: amqp.exchange)")
 
 
@@ -305,7 +308,10 @@ def _archive_source(parser: argparse.ArgumentParser) -> None:
     """`--config F | --amqp-url URL` and `--stream` (`bridge replay`, `bridge audit`)."""
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--config", help="bridge TOML file: its [amqp] url and [archive] stream")
-    source.add_argument("--amqp-url", help="broker URL (default: amqp.url of the config)")
+    source.add_argument(
+        "--amqp-url",
+        help="broker URL, or a cluster's node URLs comma-separated (default: the config's)",
+    )
     parser.add_argument("--stream", help="the archive stream (default: archive.stream)")
 
 

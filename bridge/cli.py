@@ -140,9 +140,10 @@ def _secrets(settings: Settings) -> list[str]:
     secrets += [s.reveal() for s in settings.hmac_keys.values()]
     secrets += [s.reveal() for s in settings.verify_tokens.values()]
     secrets += [s.reveal() for s in settings.api_keys.values()]
-    password = urlsplit(settings.config.amqp.url).password
-    if password:
-        secrets.append(password)
+    for url in settings.config.amqp.nodes:
+        password = urlsplit(url).password
+        if password:
+            secrets.append(password)
     return secrets
 
 

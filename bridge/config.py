@@ -13,7 +13,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import msgspec
 from msgspec import Meta, Struct
@@ -52,6 +52,8 @@ class Secret:
 
 class AmqpConfig(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    #: a cluster's nodes (`BRIDGE_AMQP__URLS`: comma-separated); `url` is then the first of them
+    urls: tuple[str, ...] = ()
     exchange: str = "notifications"
     unrouted_exchange: str = "notifications.unrouted"
     invalid_exchange: str = "notifications.invalid"
@@ -60,6 +62,11 @@ class AmqpConfig(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     heartbeat: Annotated[int, Meta(ge=0, le=600)] = 30
     dedup_size: Annotated[int, Meta(ge=0)] = 100_000
     cloudevents: bool = False  # also the CloudEvents RabbitMQ binding's ce- headers
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        """The broker URLs to try: `urls` for a cluster, else the one `url`."""
+        return self.urls or (self.url,)
 
 
 class HttpConfig(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -218,10 +225,12 @@ def load(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
     apply_env_overrides(raw, env)
+    _split_urls(raw)
     try:
         config = msgspec.convert(raw, Config, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
+    config = msgspec.structs.replace(config, amqp=_check_amqp(config.amqp))
     _check(config)
     _check_http(config.http)
     _check_lease(config.lease)
@@ -285,6 +294,61 @@ def _describe(exc: msgspec.ValidationError) -> str:
     if missing:
         return f"{prefix}{missing['f']}: required key missing"
     return f"{key or '(top level)'}: {text}"
+
+
+def _split_urls(raw: dict[str, Any]) -> None:
+    """`amqp.urls` given as one string (`BRIDGE_AMQP__URLS=a,b,c`) is a comma-separated list;
+    `amqp.url` and `amqp.urls` together are refused (which one would win is not obvious)."""
+    amqp = raw.get("amqp")
+    if not isinstance(amqp, dict) or "urls" not in amqp:
+        return
+    if "url" in amqp:
+        raise ConfigError(
+            "amqp.urls: set either amqp.url (one node) or amqp.urls (a cluster), not both"
+            " (BRIDGE_AMQP__URL and BRIDGE_AMQP__URLS count as set)"
+        )
+    if isinstance(amqp["urls"], str):
+        amqp["urls"] = [part.strip() for part in amqp["urls"].split(",")]
+    if amqp["urls"] == []:
+        raise ConfigError("amqp.urls: must list at least one node")
+
+
+def _check_amqp(amqp: AmqpConfig) -> AmqpConfig:
+    """Every node URL is `amqp(s)://…host…`, none twice, all of one vhost; with `urls`, `url`
+    is the first of them (for code that knows only `url`)."""
+    if not amqp.urls:
+        _node_of("amqp.url", amqp.url)
+        return amqp
+    seen: dict[tuple[str, int], int] = {}
+    vhost = _node_vhost(amqp.urls[0])
+    for i, url in enumerate(amqp.urls):
+        node = _node_of(f"amqp.urls[{i}]", url)
+        if node in seen:
+            raise ConfigError(f"amqp.urls[{i}]: the same node as amqp.urls[{seen[node]}]")
+        seen[node] = i
+        if _node_vhost(url) != vhost:
+            raise ConfigError(
+                f"amqp.urls[{i}]: vhost {_node_vhost(url)!r} differs from amqp.urls[0]'s"
+                f" {vhost!r} (the nodes of one cluster serve the same vhost)"
+            )
+    return msgspec.structs.replace(amqp, url=amqp.urls[0])
+
+
+def _node_of(at: str, url: str) -> tuple[str, int]:
+    """(host, port) of an AMQP URL; `ConfigError` naming `at` when it is not one."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"{at}: not a valid URL (its port is not a number)") from None
+    if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
+        raise ConfigError(f"{at}: must be an amqp:// or amqps:// URL with a host")
+    return parts.hostname, port or (5671 if parts.scheme == "amqps" else 5672)
+
+
+def _node_vhost(url: str) -> str:
+    path = urlsplit(url).path
+    return unquote(path[1:]) if len(path) > 1 else "/"
 
 
 def _check(config: Config) -> None:
@@ -434,5 +498,9 @@ def mask_url(url: str) -> str:
 def dump(settings: Settings) -> dict[str, Any]:
     """The effective configuration as plain data, secrets masked (for `bridge check-config`)."""
     data: dict[str, Any] = msgspec.to_builtins(settings.config)
-    data["amqp"]["url"] = mask_url(settings.config.amqp.url)
+    amqp = settings.config.amqp
+    data["amqp"]["url"] = mask_url(amqp.url)
+    data["amqp"]["urls"] = [mask_url(url) for url in amqp.urls]
+    if amqp.urls:
+        del data["amqp"]["url"]  # the first of `urls`, not something the operator set
     return data

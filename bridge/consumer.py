@@ -37,6 +37,11 @@ partition is noticed by AMQP heartbeats: `?heartbeat=10` in the URL shortens the
 Deliveries buffered from the lost channel are dropped (RabbitMQ redelivers them); settling a
 delivery whose channel is gone is a no-op counted in `consumer.stats["lost"]`.
 
+A RabbitMQ cluster: give the nodes' URLs (a list, or one string, comma-separated) instead of
+one URL. Each connect tries them in turn (in an order shuffled once per process), so when the
+consumer's node goes it resumes on a live one; the queue should be a quorum queue (as `bridge
+queues declare` makes them), which survives the loss of a minority of the nodes.
+
 Stop: `stop()` (synchronous, safe from a signal handler) or leaving the `async with` ends the
 iteration after the delivery being handled; the consumer is cancelled (`basic.cancel`) and
 the connection closed, returning every unsettled delivery to the queue.
@@ -63,8 +68,7 @@ from aio_pika.abc import (
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
 from bridge.aio import first, sleep_unless
-from bridge.amqp.connection import open_connection
-from bridge.config import mask_url
+from bridge.amqp.connection import Target, connect, mask_urls
 from bridge.dedup import RecentIds
 from bridge.errors import ConfigError
 from bridge.logs import get_logger
@@ -194,7 +198,7 @@ class Consumer:
 
     def __init__(
         self,
-        url: str,
+        url: Target,
         queue: str,
         *,
         prefetch: int = 32,
@@ -285,11 +289,7 @@ class Consumer:
 
     async def _connect(self) -> asyncio.Event:
         """One connection, channel and consumer; the event is set when either is lost."""
-        connection = await open_connection(
-            self._url,
-            timeout=self._connect_timeout,
-            client_properties={"connection_name": f"bridge.consumer {self.queue}"},
-        )
+        connection = await connect(self._url, "consumer", timeout=self._connect_timeout, log=log)
         lost = asyncio.Event()
         try:
             connection.close_callbacks.add(lambda *_: lost.set())
@@ -316,7 +316,7 @@ class Consumer:
         self._buffer.put_nowait(message)
 
     async def _supervise(self, lost: asyncio.Event) -> None:
-        url = mask_url(self._url)
+        url = mask_urls(self._url)
         try:
             while await first(self._stopping, lost) is lost:  # a stop wins a tie
                 self.stats["reconnects"] += 1

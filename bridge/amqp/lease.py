@@ -34,7 +34,6 @@ import msgspec
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
-from bridge import APP_ID
 from bridge.aio import Background, first
 from bridge.amqp.connection import keep_connection
 from bridge.amqp.lease_state import Lease, LeaseState
@@ -132,13 +131,13 @@ class LeaseKeeper(Background):
     async def run(self) -> None:
         """Hold leases until `close()`; raises `TopologyError` (fatal)."""
         await keep_connection(
-            self._amqp.url,
+            self._amqp,
             self._session,
             stop=self._stop,
             backoff=self._backoff,
             timeout=self._amqp.connect_timeout,
             heartbeat=self._cfg.heartbeat,
-            name=f"bridge {APP_ID} leases {self.member}",
+            role="lease",
             after=self._down,
             events="lease.broker",
             log=log,

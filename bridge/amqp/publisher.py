@@ -68,6 +68,9 @@ class AmqpPublisher(Background):
         self._ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._channel: aiormq.Channel | None = None
+        self._serving: aiormq.Channel | None = None  # the session's channel, ready or not
+        self._renew = asyncio.Event()  # a nack: serve on a fresh channel (see `_session`)
+        self._renewed = 0.0  # when the channel was last renewed (monotonic)
         self._recent = RecentIds(cfg.dedup_size)
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -86,13 +89,13 @@ class AmqpPublisher(Background):
     async def run(self) -> None:
         """Keep a confirm channel up until `close()`; raises `TopologyError` (fatal)."""
         await keep_connection(
-            self._cfg.url,
+            self._cfg,
             self._session,
             stop=self._stop,
             backoff=self._backoff,
             timeout=self._cfg.connect_timeout,
             heartbeat=self._cfg.heartbeat,
-            name=f"bridge {APP_ID}",
+            role="publisher",
             after=self._down,
             events="broker",
             log=log,
@@ -101,24 +104,44 @@ class AmqpPublisher(Background):
     async def _down(self) -> None:
         self._ready.clear()
         BROKER_UP.set(0)
-        self._channel = None
+        self._channel = self._serving = None
         if self._stop.is_set():
             await self._drain()
 
-    async def _session(self, connection: aio_pika.abc.AbstractConnection) -> None:
+    async def _session(self, connection: aio_pika.Connection) -> None:
         """Open the confirm channel, declare the topology, serve until lost or stopped."""
         lost = asyncio.Event()
         connection.close_callbacks.add(lambda *_: lost.set())
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        channel.close_callbacks.add(lambda *_: lost.set())
+        channel = await self._open_channel(connection, lost)
         await declare(channel, self._topo, timeout=self._cfg.connect_timeout)
-        underlay = await channel.get_underlay_channel()
-        assert isinstance(underlay, aiormq.Channel)
-        self._channel = underlay
+        self._channel = self._serving
         self._ready.set()
         BROKER_UP.set(1)
-        log.info("broker.ready", url=mask_url(self._cfg.url))
-        await first(self._stop, lost)
+        log.info("broker.ready", url=mask_url(str(connection.url.with_query(None))))
+        # RabbitMQ 3.10: a channel whose first publish to a quorum queue went to a leader that
+        # had just died keeps being nacked long after a new leader took over (a fresh channel
+        # is not): after a nack, publishing moves to a fresh channel.
+        while await first(self._stop, lost, self._renew) is self._renew:
+            self._renew.clear()
+            self._renewed = time.monotonic()
+            old = channel
+            channel = await self._open_channel(connection, lost)
+            self._channel = self._serving
+            log.info("broker.channel_renewed", reason="nack")
+            with contextlib.suppress(*CONNECTION_EXCEPTIONS, TimeoutError):
+                await asyncio.wait_for(old.close(), 5)
+
+    async def _open_channel(
+        self, connection: aio_pika.Connection, lost: asyncio.Event
+    ) -> aio_pika.abc.AbstractChannel:
+        """A confirm channel, the session's from now on; `lost` is set if it closes while it
+        is (a replaced one closes quietly)."""
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        underlay = await channel.get_underlay_channel()
+        assert isinstance(underlay, aiormq.Channel)
+        channel.close_callbacks.add(lambda *_: lost.set() if self._serving is underlay else None)
+        self._serving = underlay
+        return channel
 
     async def close(self, drain_timeout: float = 10.0) -> None:
         """Stop reconnecting; in-flight publishes get `drain_timeout` to finish first."""
@@ -165,6 +188,8 @@ class AmqpPublisher(Background):
         except aiormq.exceptions.PublishError as exc:
             raise PublishReturned(f"returned by the broker: {exc}") from None
         except aiormq.exceptions.DeliveryError as exc:
+            if time.monotonic() - self._renewed > 1.0:  # at most one renewal a second
+                self._renew.set()
             raise PublishNacked(f"nacked by the broker: {exc}") from None
         except TimeoutError:
             raise PublishTimeout(f"no confirm within {self._cfg.confirm_timeout}s") from None

@@ -34,7 +34,7 @@ import httpx
 import msgspec
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
-from bridge.amqp.connection import open_connection
+from bridge.amqp.connection import Target, connect
 from bridge.arguments import audit as add_arguments
 from bridge.config import Settings, Source, load
 from bridge.errors import ConfigError
@@ -148,7 +148,7 @@ class JournalError(Exception):
 
 
 async def archived(
-    url: str,
+    url: Target,
     stream: str,
     instances: Iterable[str],
     *,
@@ -158,7 +158,7 @@ async def archived(
 ) -> dict[str, set[str]]:
     """{instance: idMessages of its message notifications in the archive since `since`}."""
     found: dict[str, set[str]] = {instance: set() for instance in instances}
-    connection = await open_connection(url, timeout=10)
+    connection = await connect(url, "audit", timeout=10)
     try:
         if not await exists(connection, "queue", stream):
             raise ArchiveError(f"the archive stream {stream!r} does not exist")
@@ -242,7 +242,7 @@ async def audit(
     ids: dict[str, set[str]] = {}
     try:
         ids = await archived(
-            cfg.amqp.url,
+            cfg.amqp,
             stream or cfg.archive.stream_for(cfg.amqp),
             [s.instance for s in sources],
             since=since,

@@ -44,9 +44,9 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
 from bridge.amqp import topology as bridge_topology
-from bridge.amqp.connection import open_connection
+from bridge.amqp.connection import Target, connect, mask_urls
 from bridge.arguments import DEAD_LETTER, DELIVERY_LIMIT, queues_declare
-from bridge.config import AmqpConfig, ArchiveConfig, load, mask_url
+from bridge.config import AmqpConfig, ArchiveConfig, load
 from bridge.errors import ConfigError, TopologyError
 
 HASH_HEADER: Final = "x-chat-id"
@@ -393,9 +393,10 @@ def format_rows(rows: Sequence[Row], *, table: bool) -> str:
 
 
 def broker_target(args: argparse.Namespace) -> tuple[str, str]:
-    """(AMQP URL, exchange) from the arguments, else the config (`ConfigError` if invalid)."""
+    """(AMQP URL, exchange) from the arguments, else the config (`ConfigError` if invalid).
+    The URL may be several, comma-separated: `--amqp-url a,b,c` or a config's `amqp.urls`."""
     amqp = AmqpConfig() if args.amqp_url else load(args.config, secrets=False).config.amqp
-    return args.amqp_url or amqp.url, args.exchange or amqp.exchange
+    return args.amqp_url or ",".join(amqp.nodes), args.exchange or amqp.exchange
 
 
 def own_topology(args: argparse.Namespace, exchange: str) -> bridge_topology.Topology:
@@ -410,8 +411,10 @@ def own_topology(args: argparse.Namespace, exchange: str) -> bridge_topology.Top
     return bridge_topology.topology(amqp, [*extra, exchange], archive)
 
 
-async def declare(url: str, todo: Plan, own: bridge_topology.Topology | None = None) -> list[Row]:
-    connection = await open_connection(url, timeout=TIMEOUT)
+async def declare(
+    url: Target, todo: Plan, own: bridge_topology.Topology | None = None
+) -> list[Row]:
+    connection = await connect(url, "queues", timeout=TIMEOUT)
     try:
         return await apply(connection, todo, own)
     finally:
@@ -436,7 +439,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"bridge queues declare: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except (*CONNECTION_EXCEPTIONS, TimeoutError, OSError) as exc:
-        print(f"bridge queues declare: broker {mask_url(url)}: {exc!r}", file=sys.stderr)
+        print(f"bridge queues declare: broker {mask_urls(url)}: {exc!r}", file=sys.stderr)
         return EXIT_BROKER
     print(format_rows(rows, table=sys.stdout.isatty() and not args.json))
     return 0

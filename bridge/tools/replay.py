@@ -54,7 +54,7 @@ from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 
 from bridge import APP_ID
-from bridge.amqp.connection import open_connection
+from bridge.amqp.connection import Target, connect
 from bridge.arguments import replay as add_arguments
 from bridge.config import AmqpConfig, ArchiveConfig, load, mask_url
 from bridge.errors import ConfigError
@@ -365,7 +365,7 @@ def _offset(headers: dict[str, Any]) -> int:
 
 
 async def replay(
-    url: str,
+    url: Target,
     stream: str,
     plan: Plan,
     *,
@@ -383,7 +383,7 @@ async def replay(
     try:
         while True:
             try:
-                connection = await open_connection(url, timeout=TIMEOUT)
+                connection = await connect(url, "replay", timeout=TIMEOUT)
             except (*CONNECTION_EXCEPTIONS, TimeoutError) as exc:
                 if lost is None:
                     raise
@@ -434,7 +434,7 @@ def archive_target(args: argparse.Namespace) -> tuple[str, str]:
     else:
         config = load(args.config, secrets=False).config
         amqp, archive = config.amqp, config.archive
-    return args.amqp_url or amqp.url, args.stream or archive.stream_for(amqp)
+    return args.amqp_url or ",".join(amqp.nodes), args.stream or archive.stream_for(amqp)
 
 
 def plan_from(args: argparse.Namespace, now: datetime) -> Plan:

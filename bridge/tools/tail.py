@@ -38,13 +38,12 @@ from typing import Any, Final, NamedTuple, TextIO
 
 import aiormq.exceptions
 import msgspec
-from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
 from bridge import arguments
 from bridge.aio import first
-from bridge.amqp.connection import open_connection
-from bridge.config import mask_url
+from bridge.amqp.connection import Target, connect, mask_urls
 from bridge.errors import ConfigError
 from bridge.tools.queues import broker_target
 
@@ -55,6 +54,8 @@ EXIT_BROKER: Final = 1
 MAX_LINES: Final = 40
 MAX_LENGTH: Final = 10_000
 TIMEOUT: Final = 10.0
+#: seconds between a lost connection and the next connect
+RECONNECT_PAUSE: Final = 0.5
 
 #: the command's arguments (defined in bridge.arguments, with every command's)
 add_arguments = arguments.tail
@@ -155,7 +156,7 @@ def format_pretty(item: Seen, max_lines: int = MAX_LINES) -> str:
 
 
 async def tail(
-    url: str,
+    url: Target,
     exchange: str,
     keys: Sequence[str],
     *,
@@ -167,59 +168,83 @@ async def tail(
 ) -> int:
     """Print messages until `count` were printed or `stop` is set; returns how many.
 
-    `ConfigError` when the exchange does not exist. `on_ready(queue_name)` runs once the queue
-    is bound: from then on every matching message is printed.
+    `url` may name a cluster's nodes (a list, or comma-separated): tail connects to the first
+    that answers and, when its connection is lost, binds a new queue on the next live node
+    (what was published in between is not shown). `ConfigError` when the exchange does not
+    exist. `on_ready(queue_name)` runs each time the queue is bound: from then on every
+    matching message is printed.
     """
     stop = stop or asyncio.Event()
     printed = 0
     render = format_pretty if pretty else format_json
-    connection = await open_connection(
-        url, timeout=TIMEOUT, client_properties={"connection_name": "bridge tail"}
-    )
-    try:
-        channel = await connection.channel()
-        await channel.set_qos(prefetch_count=100)
+
+    def show(message: AbstractIncomingMessage) -> None:
+        nonlocal printed
+        text = render(seen(message))
+        printed += 1
+        if count is not None and printed >= count:
+            stop.set()
         try:
-            source = await channel.get_exchange(exchange, ensure=True)
-        except aiormq.exceptions.ChannelNotFoundEntity:
-            raise ConfigError(f"exchange {exchange!r} does not exist") from None
-        queue = await channel.declare_queue(
-            None,
-            exclusive=True,
-            auto_delete=True,
-            timeout=TIMEOUT,
-            arguments={"x-queue-type": "classic", "x-max-length": MAX_LENGTH},
-        )
-        for key in dict.fromkeys(keys):
-            await queue.bind(source, key, timeout=TIMEOUT)
+            out.write(text + "\n")
+            out.flush()
+        except BrokenPipeError:  # e.g. `| head`
+            stop.set()
 
-        async def on_message(message: AbstractIncomingMessage) -> None:
-            nonlocal printed
-            if stop.is_set():
-                return  # left unacked: it dies with tail's queue
-            text = render(seen(message))
-            printed += 1
-            if count is not None and printed >= count:
-                stop.set()
-            try:
-                out.write(text + "\n")
-                out.flush()
-            except BrokenPipeError:  # e.g. `| head`
-                stop.set()
-            await message.ack()
-
-        await queue.consume(on_message)
-        if on_ready is not None:
-            on_ready(queue.name)
-        lost = asyncio.Event()
-        connection.close_callbacks.add(lambda *_: lost.set())
-        await first(stop, lost)
-        if lost.is_set() and not stop.is_set():
-            raise ConnectionError("the broker closed the connection")
-    finally:
-        with contextlib.suppress(*CONNECTION_EXCEPTIONS):
-            await connection.close()
+    while not stop.is_set():
+        connection = await connect(url, "tail", timeout=TIMEOUT)
+        try:
+            lost = await _follow(connection, exchange, keys, show, stop)
+            if on_ready is not None:
+                on_ready(lost.queue)
+            await first(stop, lost.event)
+        finally:
+            with contextlib.suppress(*CONNECTION_EXCEPTIONS):
+                await connection.close()
+        if not stop.is_set():
+            await asyncio.sleep(RECONNECT_PAUSE)  # the broker may be closing every connection
     return printed
+
+
+class _Bound(NamedTuple):
+    queue: str
+    event: asyncio.Event  # set when the connection or channel is lost
+
+
+async def _follow(
+    connection: AbstractConnection,
+    exchange: str,
+    keys: Sequence[str],
+    show: Callable[[AbstractIncomingMessage], None],
+    stop: asyncio.Event,
+) -> _Bound:
+    """Tail's own queue on this connection, bound and consumed."""
+    lost = asyncio.Event()
+    connection.close_callbacks.add(lambda *_: lost.set())
+    channel = await connection.channel()
+    channel.close_callbacks.add(lambda *_: lost.set())
+    await channel.set_qos(prefetch_count=100)
+    try:
+        source = await channel.get_exchange(exchange, ensure=True)
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        raise ConfigError(f"exchange {exchange!r} does not exist") from None
+    queue = await channel.declare_queue(
+        None,
+        exclusive=True,
+        auto_delete=True,
+        timeout=TIMEOUT,
+        arguments={"x-queue-type": "classic", "x-max-length": MAX_LENGTH},
+    )
+    for key in dict.fromkeys(keys):
+        await queue.bind(source, key, timeout=TIMEOUT)
+
+    async def on_message(message: AbstractIncomingMessage) -> None:
+        if stop.is_set():
+            return  # left unacked: it dies with tail's queue
+        show(message)
+        await message.ack()
+
+    await queue.consume(on_message)
+    return _Bound(queue.name, lost)
 
 
 def _fail(message: str, status: int) -> int:
@@ -263,7 +288,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _fail(str(exc), EXIT_CONFIG)
     except (*CONNECTION_EXCEPTIONS, TimeoutError, OSError) as exc:
-        return _fail(f"broker {mask_url(url)}: {exc!r}", EXIT_BROKER)
+        return _fail(f"broker {mask_urls(url)}: {exc!r}", EXIT_BROKER)
     except KeyboardInterrupt:
         pass
     return 0

@@ -1,4 +1,5 @@
-"""The fault suite (``make chaos``): sizes, the private RabbitMQ node, the results table."""
+"""The fault suite (``make chaos``): sizes, the private RabbitMQ node and cluster, the results
+table."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from dataclasses import dataclass
 import pytest
 
 from tests.chaos.report import ROWS, table, write_markdown
-from tests.support.rabbitnode import own_rabbit
+from tests.support.rabbitnode import own_cluster, own_rabbit
 
-__all__ = ["SIZE", "Size", "own_rabbit"]
+__all__ = ["SIZE", "Size", "own_cluster", "own_rabbit"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class Size:
     fault_notes: int
     kills: int
     kill_notes: int
+    cluster_notes: int  # besides the trickle fed while each node of the cluster is down
 
 
 SIZES = {
@@ -34,11 +36,13 @@ SIZES = {
         "full", baseline=2_000, broker_soft=2, broker_hard=2, broker_notes=6_000,
         net_reset=2, net_blackhole=(4.0, 12.0), net_notes=6_000,
         fault_rounds=3, fault_notes=6_000, kills=10, kill_notes=20_000,
+        cluster_notes=1_500,
     ),
     "quick": Size(
         "quick", baseline=1_000, broker_soft=1, broker_hard=1, broker_notes=2_000,
         net_reset=1, net_blackhole=(12.0,), net_notes=2_000,
         fault_rounds=1, fault_notes=2_000, kills=3, kill_notes=5_000,
+        cluster_notes=600,
     ),
 }  # fmt: skip
 SIZE = SIZES[os.environ.get("BRIDGE_CHAOS_SIZE", "full")]

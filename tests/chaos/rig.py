@@ -3,7 +3,8 @@
 Pieces, all started once per module:
 
 * a private RabbitMQ node (``own_rabbit``) reached through a :class:`TcpProxy`, so that the
-  network between bridge and broker can be cut;
+  network between bridge and broker can be cut; or a private three-node cluster
+  (``own_cluster``), given to the bridge as ``amqp.urls`` (no proxy);
 * the fake GREEN-API in this process: ``POLL`` instances polled by the bridge, ``PUSH``
   instances pushed by the fake's own webhook pusher (one at a time, resent until HTTP 200),
   each aimed at one bridge process;
@@ -51,10 +52,12 @@ from tests.support.harness import (
     fake_greenapi,
     token_for,
 )
-from tests.support.rabbitnode import RabbitNode
+from tests.support.rabbitnode import RabbitCluster, RabbitNode
 from tests.support.tcpproxy import TcpProxy
 
-__all__ = ["PROCESSES", "READ_TIMEOUT", "Phase", "Rig", "rig_context"]
+Broker = RabbitNode | RabbitCluster
+
+__all__ = ["PROCESSES", "READ_TIMEOUT", "Phase", "Rig", "StallWatch", "rig_context"]
 
 HOOK_TOKEN = "chaos-hook-token-0123456789abcdef"
 POLL = [str(1101600000 + i) for i in range(12)]
@@ -146,7 +149,10 @@ def _body(tag: str, instance: str, n: int) -> bytes:
     return json.dumps(note, separators=(",", ":")).encode()
 
 
-def bridge_config(amqp_url: str, names: Names, api_url: str) -> tuple[str, dict[str, str]]:
+def bridge_config(
+    amqp_url: str, names: Names, api_url: str, urls: list[str] | None = None
+) -> tuple[str, dict[str, str]]:
+    """The fleet's config; with ``urls``, ``amqp.urls`` (a cluster) instead of ``amqp.url``."""
     text, env = bridge_toml(
         amqp_url=amqp_url, names=names, api_url=api_url, instances=POLL,
         receive_timeout=RECEIVE_TIMEOUT, timeout_margin=TIMEOUT_MARGIN,
@@ -155,6 +161,9 @@ def bridge_config(amqp_url: str, names: Names, api_url: str) -> tuple[str, dict[
         extra=f'delete_timeout = {DELETE_TIMEOUT}\n[log]\nlevel = "info"',
         lease="interval = 1.0\nsettle = 3.0\nheartbeat = 5",  # the defaults, as deployed
     )  # fmt: skip
+    if urls:
+        listed = ", ".join(f'"{url}"' for url in urls)
+        text = text.replace(f'url = "{amqp_url}"', f"urls = [{listed}]", 1)
     env["CHAOS_HOOK"] = HOOK_TOKEN
     signed, signed_env = signed_sources()
     env.update(signed_env)
@@ -173,8 +182,8 @@ def bridge_config(amqp_url: str, names: Names, api_url: str) -> tuple[str, dict[
 class Rig:
     def __init__(
         self,
-        node: RabbitNode,
-        proxy: TcpProxy,
+        node: Broker,
+        proxy: TcpProxy | None,
         fake: FakeServer,
         fleet: BridgeFleet,
         names: Names,
@@ -405,6 +414,56 @@ class Rig:
         )
 
 
+class StallWatch:
+    """The longest time any provider stream had notifications waiting and none acknowledged,
+    from :meth:`start` on (sampled every 0.1 s; GREEN-API streams one by one, the WAHA and
+    Meta streams together, as their fakes count). A stream idle at the start counts from
+    when it has work again."""
+
+    def __init__(self, rig: Rig) -> None:
+        self._rig = rig
+        self.longest = 0.0
+        self.worst = ""
+        self._task: asyncio.Task[None] | None = None
+
+    def _state(self) -> dict[str, tuple[int, bool]]:
+        """Per stream: (acknowledged so far, has work waiting)."""
+        rig, instances = self._rig, self._rig.fake.state.instances
+        state: dict[str, tuple[int, bool]] = {}
+        for stream in rig.streams:
+            if stream.kind == "client":
+                state[stream.instance] = (stream.acked, stream.acked < len(stream.sent))
+            elif stream.kind in ORDERED:
+                fake = instances[stream.instance]
+                state[stream.instance] = (fake.deleted, bool(fake.queue))
+        state["waha+meta"] = (rig.signed.delivered(), rig.signed.pending() > 0)
+        return state
+
+    async def _sample(self) -> None:
+        since: dict[str, float] = {}
+        last: dict[str, int] = {}
+        while True:
+            now = time.monotonic()
+            for name, (acked, waiting) in self._state().items():
+                if not waiting or acked != last.get(name):
+                    since[name] = now
+                last[name] = acked
+                stalled = now - since.setdefault(name, now)
+                if stalled > self.longest:
+                    self.longest, self.worst = stalled, name
+            await asyncio.sleep(0.1)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._sample())
+
+    async def stop(self) -> float:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        return self.longest
+
+
 async def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -414,10 +473,13 @@ async def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> 
 
 
 @contextlib.asynccontextmanager
-async def rig_context(node: RabbitNode, tmp: Path) -> AsyncIterator[Rig]:
+async def rig_context(node: Broker, tmp: Path) -> AsyncIterator[Rig]:
+    """The rig on one node behind a proxy, or on a cluster (its nodes as ``amqp.urls``)."""
     names = Names()
     async with contextlib.AsyncExitStack() as stack:
-        proxy = await stack.enter_async_context(TcpProxy(target=(node.host, node.port)))
+        proxy = None
+        if isinstance(node, RabbitNode):
+            proxy = await stack.enter_async_context(TcpProxy(target=(node.host, node.port)))
         fake = await stack.enter_async_context(
             fake_greenapi(
                 [(i, token_for(i)) for i in POLL + PUSH],
@@ -428,7 +490,11 @@ async def rig_context(node: RabbitNode, tmp: Path) -> AsyncIterator[Rig]:
             )
         )
         sink = await declare_sink(node.amqp_url, names)
-        text, env = bridge_config(f"amqp://guest:guest@127.0.0.1:{proxy.port}/", names, fake.url)
+        if proxy is not None:
+            text, env = bridge_config(proxy_url(proxy), names, fake.url)
+        else:
+            assert isinstance(node, RabbitCluster)
+            text, env = bridge_config(node.urls[0], names, fake.url, urls=node.urls)
         config = tmp / "bridge.toml"
         config.write_text(text)
         fleet = BridgeFleet(config, env, size=PROCESSES, log_dir=tmp)
@@ -448,7 +514,11 @@ async def rig_context(node: RabbitNode, tmp: Path) -> AsyncIterator[Rig]:
         yield rig
 
 
-async def _delete_sink(node: RabbitNode, names: Names, sink: str) -> None:
+def proxy_url(proxy: TcpProxy) -> str:
+    return f"amqp://guest:guest@127.0.0.1:{proxy.port}/"
+
+
+async def _delete_sink(node: Broker, names: Names, sink: str) -> None:
     await asyncio.to_thread(node.ensure_running)
     connection = await aio_pika.connect(node.amqp_url)
     async with connection:

@@ -62,6 +62,7 @@ async def rig(
 async def recovered(rig: Rig) -> AsyncIterator[None]:
     """Whatever a test did: network restored, broker up, every bridge process running."""
     yield
+    assert rig.proxy is not None
     rig.proxy.restore()
     await asyncio.to_thread(rig.node.ensure_running)
     for process in rig.fleet.processes:
@@ -116,6 +117,7 @@ async def feed_and_wait(rig: Rig, phase: Phase, count: int, fraction: float = 0.
 async def test_broker_restart(rig: Rig) -> None:
     """stop_app/start_app (the VM stays, listeners close) and SIGKILL of the node + restart."""
     node = rig.node
+    assert isinstance(node, RabbitNode)
     phase = rig.begin("broker restart (stop_app, kill -9)")
     actions = ["stop_app"] * SIZE.broker_soft + ["kill"] * SIZE.broker_hard
     parts = chunks(SIZE.broker_notes, len(actions) + 1)
@@ -144,6 +146,7 @@ async def test_broker_restart(rig: Rig) -> None:
 async def test_network_cut(rig: Rig) -> None:
     """The TCP proxy resets every connection (and new ones) or blackholes them, then restores."""
     proxy = rig.proxy
+    assert proxy is not None
     phase = rig.begin("network cut (reset, blackhole)")
     cuts: list[tuple[str, float]] = [("reset", 3.0)] * SIZE.net_reset + [
         ("blackhole", seconds) for seconds in SIZE.net_blackhole

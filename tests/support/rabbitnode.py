@@ -47,16 +47,19 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 __all__ = [
     "AmqpProbeError",
+    "RabbitCluster",
     "RabbitCtlError",
     "RabbitNode",
     "RabbitNodeError",
     "amqp_probe",
+    "own_cluster",
     "own_rabbit",
     "rabbitmq_available",
 ]
@@ -325,9 +328,20 @@ def _reap_orphans_and_collect_claims() -> set[int]:
             with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
                 ports = json.loads((path / PORTS_FILE).read_text())
                 claimed.update({int(ports["amqp"]), int(ports["dist"])})
+                if ports.get("management"):
+                    claimed.add(int(ports["management"]))
         else:
             shutil.rmtree(path, ignore_errors=True)
     return claimed
+
+
+def _pick_port(claimed: set[int]) -> int:
+    """One free port the kernel hands out, claimed by nobody."""
+    for _ in range(100):
+        port = _kernel_port()
+        if port not in claimed | _RESERVED_PORTS:
+            return port
+    raise RabbitNodeError("could not find a free TCP port")
 
 
 def _pick_ports(claimed: set[int]) -> tuple[int, int]:
@@ -340,6 +354,11 @@ def _pick_ports(claimed: set[int]) -> tuple[int, int]:
         if amqp != dist and not {amqp, dist} & taken:
             return amqp, dist
     raise RabbitNodeError("could not find two free TCP ports")
+
+
+def new_cookie() -> str:
+    """An Erlang cookie: the nodes of one cluster (and their CLI calls) must share one."""
+    return "".join(secrets.choice(string.ascii_uppercase) for _ in range(32))
 
 
 # --------------------------------------------------------------------------------------------
@@ -359,6 +378,8 @@ class RabbitNode:
         amqp_port: int | None = None,
         dist_port: int | None = None,
         startup_timeout: float = 120.0,
+        cookie: str | None = None,
+        management: bool = False,
     ) -> None:
         self._name = name or f"bridgetest-{os.getpid()}-{next(self._seq)}@localhost"
         if self._name == SHARED_NODE or self._name.startswith("rabbit@"):
@@ -366,6 +387,9 @@ class RabbitNode:
         self._wanted_ports = (amqp_port, dist_port)
         self._amqp_port: int | None = None
         self._dist_port: int | None = None
+        self._cookie = cookie  # the nodes of one cluster share one
+        self._management = management  # rabbitmq_management on a port of its own
+        self._management_port: int | None = None
         self.data_dir: Path | None = None
         self.startup_timeout = startup_timeout
         #: seconds taken by the last start / stop_app / start_app / restart ...
@@ -398,6 +422,16 @@ class RabbitNode:
         if self._dist_port is None:
             raise RabbitNodeError("node not started")
         return self._dist_port
+
+    @property
+    def management_port(self) -> int:
+        if self._management_port is None:
+            raise RabbitNodeError("node not started, or started without management")
+        return self._management_port
+
+    @property
+    def management_url(self) -> str:
+        return f"http://{HOST}:{self.management_port}"
 
     @property
     def amqp_url(self) -> str:
@@ -434,12 +468,18 @@ class RabbitNode:
             for port in (amqp, dist):
                 if port in claimed or not _port_free(port):
                     raise RabbitNodeError(f"port {port} is in use")
+            management = None
+            if self._management:
+                management = _pick_port(claimed | {amqp, dist})
             self.data_dir = Path(
                 tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-", dir=TMP_ROOT)
             )
             self._amqp_port, self._dist_port = amqp, dist
+            self._management_port = management
             (self.data_dir / PORTS_FILE).write_text(
-                json.dumps({"amqp": amqp, "dist": dist, "node": self._name})
+                json.dumps(
+                    {"amqp": amqp, "dist": dist, "management": management, "node": self._name}
+                )
             )
         atexit.register(self.stop)
         try:
@@ -586,18 +626,24 @@ class RabbitNode:
         d = self._dir
         for sub in ("mnesia", "log"):
             (d / sub).mkdir()
-        (d / "enabled_plugins").write_text("[].\n")
+        plugins = "rabbitmq_management" if self._management else ""
+        (d / "enabled_plugins").write_text(f"[{plugins}].\n")
         (d / "advanced.config").write_text("[].\n")
         (d / "rabbitmq-env.conf").write_text("# private test node: /etc/rabbitmq is not used\n")
+        management = (
+            f"management.tcp.ip = {HOST}\nmanagement.tcp.port = {self._management_port}\n"
+            if self._management
+            else ""
+        )
         (d / "rabbitmq.conf").write_text(
             f"listeners.tcp.default = {HOST}:{self.port}\n"
             "loopback_users.guest = true\n"
             "log.console = false\n"
-            "log.file.level = info\n"
+            "log.file.level = info\n" + management
         )
         (d / "launch.log").touch()
         cookie = d / ".erlang.cookie"
-        cookie.write_text("".join(secrets.choice(string.ascii_uppercase) for _ in range(32)))
+        cookie.write_text(self._cookie or new_cookie())
         cookie.chmod(0o400)
         if self._run_as is not None:
             uid, gid = self._run_as.pw_uid, self._run_as.pw_gid
@@ -630,7 +676,12 @@ class RabbitNode:
             "RABBITMQ_MNESIA_BASE": str(d / "mnesia"),
             "RABBITMQ_LOG_BASE": str(d / "log"),
             "RABBITMQ_PID_FILE": str(d / "rabbitmq.pid"),
-            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+            # no scheduler busy-waiting: idle VMs (a cluster is three) leave the CPUs to
+            # whatever runs beside them on a small machine
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": (
+                "-kernel inet_dist_use_interface {127,0,0,1}"
+                " +sbwt none +sbwtdcpu none +sbwtdio none"
+            ),
             # Only matters if no epmd runs yet: then the one we spawn listens on loopback only.
             "ERL_EPMD_ADDRESS": "127.0.0.1",
             "ERL_CRASH_DUMP": str(d / "erl_crash.dump"),
@@ -702,6 +753,141 @@ class RabbitNode:
 
 
 # --------------------------------------------------------------------------------------------
+# a cluster of private nodes
+# --------------------------------------------------------------------------------------------
+
+
+class RabbitCluster:
+    """Private nodes joined into one RabbitMQ cluster (``join_cluster``), sharing one cookie.
+
+    Each node is a :class:`RabbitNode` (its own name, ports, data directory, ``HOME``); all
+    boot at once, then every node but the first in turn runs ``stop_app``, ``join_cluster
+    <first>``, ``start_app``. :meth:`kill` SIGKILLs one node's VM, :meth:`restart` boots it again on its
+    data directory and waits until the cluster lists it as running.
+    """
+
+    def __init__(self, size: int = 3, *, management: bool = False) -> None:
+        cookie = new_cookie()
+        #: with ``management``, the first node runs the management plugin (only it: it
+        #: boots slower); its API lists the connections made to that node
+        self.nodes = [
+            RabbitNode(cookie=cookie, management=management and k == 0) for k in range(size)
+        ]
+        #: seconds taken by the last start (boot + join) / restart of a node
+        self.timings: dict[str, float] = {}
+
+    def __repr__(self) -> str:
+        return f"<RabbitCluster {', '.join(n.name for n in self.nodes)}>"
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.amqp_url for node in self.nodes]
+
+    @property
+    def names(self) -> list[str]:
+        return [node.name for node in self.nodes]
+
+    @property
+    def amqp_url(self) -> str:
+        """The URL of the first node that serves AMQP now."""
+        for node in self.nodes:
+            if node.is_amqp_up():
+                return node.amqp_url
+        raise RabbitNodeError(f"{self}: no node is up")
+
+    def start(self) -> RabbitCluster:
+        started = time.monotonic()
+        try:
+            with ThreadPoolExecutor(len(self.nodes)) as pool:
+                list(pool.map(RabbitNode.start, self.nodes))
+            self.timings["boot all"] = time.monotonic() - started
+            for node in self.nodes[1:]:  # one at a time: joining together can fail in mnesia
+                self._join(node)
+            self.wait_running()
+        except BaseException:
+            self.stop()
+            raise
+        self.timings["start"] = time.monotonic() - started
+        return self
+
+    def _join(self, node: RabbitNode) -> None:
+        started = time.monotonic()
+        node.rabbitmqctl("stop_app")
+        node.rabbitmqctl("join_cluster", self.nodes[0].name, timeout=120)
+        joined = time.monotonic()
+        node.rabbitmqctl("start_app", timeout=120)
+        node.wait_amqp()
+        self.timings[f"join {node.name}"] = joined - started
+        self.timings[f"start_app {node.name}"] = time.monotonic() - joined
+
+    def stop(self) -> None:
+        """Stop every node and delete their data. Idempotent. The VMs are SIGKILLed: a
+        graceful stop of a cluster's last nodes waits for its quorum queues, and nothing of
+        the data is kept anyway."""
+        for node in self.nodes:
+            if node.data_dir is not None:
+                node._kill_all(signal.SIGKILL, timeout=10.0)
+        with ThreadPoolExecutor(len(self.nodes)) as pool:
+            list(pool.map(RabbitNode.stop, self.nodes))
+
+    def running(self, via: RabbitNode | None = None) -> set[str]:
+        """The cluster's running nodes, as one live node (``via``, else the first up) sees it."""
+        candidates = [via] if via is not None else [n for n in self.nodes if n.beam_pids()]
+        for node in candidates:
+            out = node.rabbitmqctl("cluster_status", "--formatter", "json", check=False)
+            with contextlib.suppress(ValueError):
+                return set(json.loads(out)["running_nodes"])
+        return set()
+
+    def wait_running(self, timeout: float = 120.0, via: RabbitNode | None = None) -> None:
+        """Until every node serves AMQP and ``via`` (default: the first node) sees all of them
+        running. One ``rabbitmqctl`` call per try: each starts an Erlang VM, and a busy
+        two-core machine feels them."""
+        deadline = time.monotonic() + timeout
+        everyone = set(self.names)
+        via = via or self.nodes[0]
+        while not (all(node.is_amqp_up() for node in self.nodes) and self.running(via) == everyone):
+            if time.monotonic() > deadline:
+                raise RabbitNodeError(f"{self}: not all running after {timeout}s")
+            time.sleep(0.5)
+
+    def kill(self, index: int) -> None:
+        """SIGKILL one node's Erlang VM (its data directory stays)."""
+        self.nodes[index].kill()
+
+    def restart(self, index: int) -> None:
+        """Boot a killed (or stopped) node again on its data directory; wait for the cluster."""
+        started = time.monotonic()
+        self.nodes[index].ensure_running()
+        self.timings["boot"] = time.monotonic() - started
+        self.wait_running(via=self.nodes[index])
+        self.timings["restart"] = time.monotonic() - started
+
+    def ensure_running(self) -> None:
+        """Every node up and clustered again, whatever a test did to them."""
+        for node in self.nodes:
+            node.ensure_running()
+        self.wait_running()
+
+    def rabbitmqctl(self, *args: str, timeout: float = 60.0) -> str:
+        """``rabbitmqctl`` against the first node that is up."""
+        for node in self.nodes:
+            if node.is_amqp_up():
+                return node.rabbitmqctl(*args, timeout=timeout)
+        raise RabbitNodeError(f"{self}: no node is up")
+
+    def queue_members(self, vhost: str = "/") -> dict[str, set[str]]:
+        """``{quorum queue: nodes holding a member}`` of a vhost."""
+        out = self.rabbitmqctl(
+            "-q", "list_queues", "-p", vhost, "--formatter", "json", "name", "type", "members"
+        )
+        rows = json.loads(out) if out.strip() else []
+        return {
+            row["name"]: set(row.get("members") or ()) for row in rows if row["type"] == "quorum"
+        }
+
+
+# --------------------------------------------------------------------------------------------
 # pytest fixture
 # --------------------------------------------------------------------------------------------
 
@@ -731,6 +917,42 @@ class _SessionNode:
         if cls.users <= 0 and cls.node is not None:
             node, cls.node, cls.users = cls.node, None, 0
             node.stop()
+
+
+class _SessionCluster:
+    """One three-node cluster per process, shared by every test that asks (refcounted)."""
+
+    cluster: RabbitCluster | None = None
+    users = 0
+
+    @classmethod
+    def acquire(cls) -> RabbitCluster:
+        if cls.cluster is None:
+            cls.cluster = RabbitCluster(3, management=True).start()
+        cls.users += 1
+        return cls.cluster
+
+    @classmethod
+    def release(cls) -> None:
+        cls.users -= 1
+        if cls.users <= 0 and cls.cluster is not None:
+            cluster, cls.cluster, cls.users = cls.cluster, None, 0
+            cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def own_cluster() -> Iterator[RabbitCluster]:
+    """A private three-node RabbitMQ cluster for the whole session (started once, ~30 s:
+    the nodes boot together, then nodes 2 and 3 join node 1 in turn). Tests may kill and
+    restart nodes; they must leave all three running (``ensure_running``). Stopped and its
+    data deleted at session end (or at exit; orphans are reaped like a single node's)."""
+    if not rabbitmq_available():
+        pytest.skip("rabbitmq-server / rabbitmqctl are not installed")
+    cluster = _SessionCluster.acquire()
+    try:
+        yield cluster
+    finally:
+        _SessionCluster.release()
 
 
 @pytest.fixture(scope="session")

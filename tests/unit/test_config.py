@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bridge.config import Config, load
+from bridge.config import Config, dump, load
 from bridge.errors import ConfigError
 from tests.conftest import DEMO_ENV
 
@@ -344,3 +344,109 @@ def test_bad_env_override_is_refused_by_name(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         load(write(tmp_path, text), {**ENV, **env})
+
+
+# -- a RabbitMQ cluster: amqp.urls ------------------------------------------------------------
+
+NODES = ["amqp://u:p1@rabbit-1:5672/vh", "amqp://u:p2@rabbit-2/vh", "amqps://u:p3@rabbit-3/vh"]
+
+
+def test_amqp_urls_from_the_file_name_the_nodes_and_url_is_the_first(tmp_path: Path) -> None:
+    listed = ", ".join(f'"{url}"' for url in NODES)
+    amqp = load(write(tmp_path, f"[amqp]\nurls = [{listed}]\n"), {}).config.amqp
+    assert amqp.urls == tuple(NODES)
+    assert amqp.nodes == tuple(NODES)
+    assert amqp.url == NODES[0]  # for code that knows only `url`
+
+
+def test_one_url_is_a_cluster_of_one() -> None:
+    amqp = load(None, {"BRIDGE_AMQP__URL": "amqp://u:p@broker:5672/"}).config.amqp
+    assert amqp.urls == ()
+    assert amqp.nodes == ("amqp://u:p@broker:5672/",)
+
+
+def test_amqp_urls_from_the_environment_are_comma_separated() -> None:
+    env = {"BRIDGE_AMQP__URLS": " , ".join(NODES)}
+    assert load(None, env).config.amqp.urls == tuple(NODES)
+
+
+def test_amqp_urls_in_the_environment_replace_the_file_list(tmp_path: Path) -> None:
+    path = write(tmp_path, '[amqp]\nurls = ["amqp://old-1/", "amqp://old-2/"]\n')
+    env = {"BRIDGE_AMQP__URLS": "amqp://new-1/,amqp://new-2/"}
+    assert load(path, env).config.amqp.urls == ("amqp://new-1/", "amqp://new-2/")
+
+
+@pytest.mark.parametrize(
+    ("text", "env"),
+    [
+        ('[amqp]\nurl = "amqp://a/"\nurls = ["amqp://b/"]\n', {}),
+        ('[amqp]\nurls = ["amqp://b/"]\n', {"BRIDGE_AMQP__URL": "amqp://a/"}),
+        ('[amqp]\nurl = "amqp://a/"\n', {"BRIDGE_AMQP__URLS": "amqp://b/,amqp://c/"}),
+        ("", {"BRIDGE_AMQP__URL": "amqp://a/", "BRIDGE_AMQP__URLS": "amqp://b/"}),
+    ],
+)
+def test_url_and_urls_together_are_refused(tmp_path: Path, text: str, env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError, match=r"^amqp\.urls: set either amqp\.url .* not both"):
+        load(write(tmp_path, text), env)
+
+
+@pytest.mark.parametrize(
+    ("urls", "message"),
+    [
+        ("", r"^amqp\.urls\[0\]: must be an amqp:// or amqps:// URL with a host$"),
+        ("amqp://a/,", r"^amqp\.urls\[1\]: must be an amqp:// or amqps:// URL with a host$"),
+        ("amqp://a/,http://b/", r"^amqp\.urls\[1\]: must be an amqp:// or amqps:// URL"),
+        ("amqp:///vh", r"^amqp\.urls\[0\]: must be an amqp:// or amqps:// URL with a host$"),
+        ("amqp://u:p@a:56x2/", r"^amqp\.urls\[0\]: not a valid URL \(its port is not a number\)$"),
+        ("amqp://a/,amqp://u:p@A:5672/", r"^amqp\.urls\[1\]: the same node as amqp\.urls\[0\]$"),
+        ("amqps://a/,amqp://a:5671", r"^amqp\.urls\[1\]: the same node as amqp\.urls\[0\]$"),
+        (
+            "amqp://a/,amqp://b/other",
+            r"^amqp\.urls\[1\]: vhost 'other' differs from amqp\.urls\[0\]'s '/'",
+        ),
+    ],
+)
+def test_bad_amqp_urls_are_refused_by_index(urls: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        load(None, {"BRIDGE_AMQP__URLS": urls})
+    assert "p@" not in str(caught.value)  # no password in the message
+
+
+def test_vhost_spellings_of_one_vhost_agree() -> None:
+    urls = "amqp://a,amqp://b/,amqp://c/%2F"
+    assert len(load(None, {"BRIDGE_AMQP__URLS": urls}).config.amqp.urls) == 3
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://broker/", r"^amqp\.url: must be an amqp:// or amqps:// URL with a host$"),
+        ("amqp://broker:port/", r"^amqp\.url: not a valid URL \(its port is not a number\)$"),
+    ],
+)
+def test_a_bad_amqp_url_is_refused(url: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load(None, {"BRIDGE_AMQP__URL": url})
+
+
+def test_an_empty_urls_list_in_the_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^amqp\.urls: must list at least one node$"):
+        load(write(tmp_path, "[amqp]\nurls = []\n"), {})
+
+
+def test_urls_of_the_wrong_type_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^amqp\.urls"):
+        load(write(tmp_path, "[amqp]\nurls = 5\n"), {})
+
+
+def test_check_config_shows_the_nodes_masked() -> None:
+    data = dump(load(None, {"BRIDGE_AMQP__URLS": ",".join(NODES)}))
+    assert data["amqp"]["urls"] == [
+        "amqp://u:***@rabbit-1:5672/vh",
+        "amqp://u:***@rabbit-2/vh",
+        "amqps://u:***@rabbit-3/vh",
+    ]
+    assert "url" not in data["amqp"]  # the first node, not a key the operator set
+    assert not any(f"p{n}@" in str(data) for n in (1, 2, 3))
+    one = dump(load(None, {"BRIDGE_AMQP__URL": "amqp://u:pw@h/"}))["amqp"]
+    assert (one["url"], one["urls"]) == ("amqp://u:***@h/", [])
