@@ -258,18 +258,19 @@ class Encoder:
         self.content = Content(channel, frame_max, app_id=APP_ID)
 
     def into(self, parts: list[bytes], out: Outbound) -> None:
-        """Append the frames of `out` to `parts` (joined later, once per write)."""
+        """Append the frames of `out` to `parts` (joined later, once per write); nothing is
+        appended when a field cannot be encoded."""
         body = out.body
-        parts.append(self.publish(out.exchange, out.routing_key))
-        parts.append(
-            self.content.header(
-                len(body),
-                message_id=out.message_id,
-                timestamp=out.timestamp,
-                message_type=out.event,
-                headers=out.headers,
-            )
+        publish = self.publish(out.exchange, out.routing_key)
+        header = self.content.header(
+            len(body),
+            message_id=out.message_id,
+            timestamp=out.timestamp,
+            message_type=out.event,
+            headers=out.headers,
         )
+        parts.append(publish)
+        parts.append(header)
         if body:
             parts.append(self.content.body(body))
 
