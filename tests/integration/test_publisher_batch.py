@@ -11,6 +11,7 @@ import pytest
 
 from bridge.amqp.publisher import AmqpPublisher
 from bridge.errors import BrokerUnavailable, PublishError
+from bridge.metrics import REGISTRY
 from tests.conftest import AMQP_URL
 from tests.integration.test_publisher import outbound, publisher
 from tests.support.harness import Names, wait_until
@@ -87,8 +88,11 @@ async def test_losing_the_connection_under_a_batch_acknowledges_none_of_it() -> 
             lane = pub._lane
             assert lane is not None
             await wait_until(lambda: len(lane._waiting) == BATCH and not lane._parts, 30)
+            # the gauge is read when scraped: no update per publish
+            assert REGISTRY.get_sample_value("bridge_publish_in_flight") == BATCH
             proxy.cut()  # the connection dies with every one of them unconfirmed
             results = await asyncio.wait_for(batch, 30)
+            assert REGISTRY.get_sample_value("bridge_publish_in_flight") == 0
             assert not [r for r in results if r is True], "a publish succeeded without a confirm"
             assert all(isinstance(r, BrokerUnavailable) for r in results), {
                 type(r).__name__ for r in results
