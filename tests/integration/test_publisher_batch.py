@@ -8,10 +8,11 @@ from typing import Any
 
 import aio_pika
 import pytest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from bridge.amqp.publisher import AmqpPublisher
 from bridge.errors import BrokerUnavailable, PublishError
-from bridge.metrics import REGISTRY
+from bridge.metrics import REGISTRY, LoopHistogram
 from tests.conftest import AMQP_URL
 from tests.integration.test_publisher import outbound, publisher
 from tests.support.harness import Names, wait_until
@@ -57,8 +58,11 @@ async def test_a_batch_leaves_in_one_write_and_arrives_whole_and_in_order() -> N
             queue = await channel.declare_queue(f"{names.prefix}.batch", auto_delete=True)
             await queue.bind(names.exchange, "batch")
             writes = _writes(pub)
+            observed = REGISTRY.get_sample_value("bridge_confirm_latency_seconds_count") or 0
             results = await _outcomes(pub, names.exchange, "batch", BATCH)
             assert results == [True] * BATCH
+            count = REGISTRY.get_sample_value("bridge_confirm_latency_seconds_count")
+            assert count == observed + BATCH
             assert len(writes) == 1, writes  # all publishes of one iteration: one write
             got = []
             while len(got) < BATCH:
@@ -140,3 +144,17 @@ async def test_a_cut_mid_stream_never_confirms_what_the_broker_did_not_take() ->
                     assert confirmed <= stored
                 finally:
                     await queue.delete(if_unused=False, if_empty=False)
+
+
+def test_the_confirm_latency_histogram_exposes_what_prometheus_client_would() -> None:
+    bounds = (0.0005, 0.001, 0.01, 0.5, 1, 10)
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    lock_free = LoopHistogram("x_seconds", "doc", buckets=bounds, registry=ours)
+    reference = Histogram("x_seconds", "doc", buckets=bounds, registry=theirs)
+    for value in (0, 0.0005, 0.0006, 0.001, 0.3, 1, 9.99, 10, 11, 1e9):
+        lock_free.observe(value)
+        reference.observe(value)
+    expected = [
+        line for line in generate_latest(theirs).decode().splitlines() if "_created" not in line
+    ]
+    assert generate_latest(ours).decode().splitlines() == expected
