@@ -208,8 +208,8 @@ class ConfirmLane:
         self._timeout = confirm_timeout
         self._slack = confirm_timeout * SWEEP_SLACK
         self.closed: BaseException | None = None
-        #: tag -> (future, deadline), in tag order, which is deadline order
-        self._waiting: dict[int, tuple[asyncio.Future[Any], float]] = {}
+        #: tag -> (future, deadline, message id), in tag order, which is deadline order
+        self._waiting: dict[int, tuple[asyncio.Future[Any], float, str]] = {}
         self._by_id: dict[str, asyncio.Future[Any]] = {}
         self._parts: list[bytes] = []
         self._flush_scheduled = False
@@ -247,7 +247,7 @@ class ConfirmLane:
         future = self._loop.create_future()
         channel.confirmations[tag] = future
         channel.message_id_delivery_tag[out.message_id] = tag
-        self._waiting[tag] = (future, deadline)
+        self._waiting[tag] = (future, deadline, out.message_id)
         self._by_id[out.message_id] = future
         for part in parts[mark:]:
             self._unsent += len(part)
@@ -325,16 +325,19 @@ class ConfirmLane:
         self._timer = None
         now = self._loop.time()
         confirmations = self._channel.confirmations
+        ids = self._channel.message_id_delivery_tag
         expired = []
-        for tag, (future, deadline) in self._waiting.items():
+        for tag, (future, deadline, message_id) in self._waiting.items():
             if deadline > now:
                 self._arm(max(deadline, now + self._slack))
                 break
-            expired.append((tag, future))
-        for tag, future in expired:
+            expired.append((tag, future, message_id))
+        for tag, future, message_id in expired:
             del self._waiting[tag]
             if confirmations.get(tag) is future:
                 confirmations[tag] = self._expired
+            if ids.get(message_id) == tag:
+                del ids[message_id]  # a late return finds nothing to fail
             if not future.done():
                 future.set_exception(PublishTimeout(f"no confirm within {self._timeout}s"))
 
@@ -355,7 +358,7 @@ class ConfirmLane:
             self._stalled.cancel()
         self._parts = []
         waiting, self._waiting = self._waiting, {}
-        for future, _ in waiting.values():
+        for future, _, _ in waiting.values():
             if not future.done():
                 future.set_exception(exc)
         self._writable.set()
