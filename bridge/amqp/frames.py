@@ -136,31 +136,48 @@ def _integer(value: int) -> bytes:
     raise TypeError(f"Unsupported numeric value: {value}")
 
 
+_LONG_STRING: Final = struct.Struct(">cI").pack
+_BYTE_ARRAY: Final = b"x"
+#: encoded (name, string value) pairs: most header values repeat (provider, instance, ingest,
+#: event), so most of a table is looked up rather than encoded
+_pairs: dict[tuple[str, str], bytes] = {}
+_PAIR_VALUE_MAX: Final = 128
+
+
 def _value(value: Any) -> bytes:
     if isinstance(value, str):
         raw = value.encode()
-        return b"S" + _U32(len(raw)) + raw
+        return _LONG_STRING(b"S", len(raw)) + raw
     if isinstance(value, bool):
         return b"t\x01" if value else b"t\x00"
     if isinstance(value, int):
         return _integer(value)
     if isinstance(value, bytes | bytearray):
-        return b"x" + _U32(len(value)) + value
+        return _LONG_STRING(_BYTE_ARRAY, len(value)) + value
     return pamqp_encode.encode_table_value(value)
+
+
+def _field(name: str, value: Any) -> bytes:
+    if type(value) is str and len(value) <= _PAIR_VALUE_MAX:
+        pair = (name, value)
+        encoded = _pairs.get(pair)
+        if encoded is None:
+            encoded = _key(name) + _value(value)
+            if len(_pairs) >= _CACHE_LIMIT:
+                _pairs.clear()
+            _pairs[pair] = encoded
+        return encoded
+    try:
+        return _key(name) + _value(value)
+    except TypeError as exc:
+        raise TypeError(f"{name} error: {exc}") from exc
 
 
 def table(headers: Mapping[str, Any]) -> bytes:
     """A field table as pamqp encodes it (`pamqp.encode.field_table`)."""
     if not headers:
         return _EMPTY_TABLE
-    parts = []
-    for name in sorted(headers):
-        parts.append(_key(name))
-        try:
-            parts.append(_value(headers[name]))
-        except TypeError as exc:
-            raise TypeError(f"{name} error: {exc}") from exc
-    encoded = b"".join(parts)
+    encoded = b"".join([_field(name, headers[name]) for name in sorted(headers)])
     return _U32(len(encoded)) + encoded
 
 
