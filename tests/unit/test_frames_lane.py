@@ -102,6 +102,7 @@ async def test_a_lost_channel_fails_exactly_the_unconfirmed() -> None:
     channel.take()
     await channel.ack(123, multiple=True)
     channel.closing.set_exception(ConnectionResetError())
+    channel.closing.exception()  # aiormq's observer retrieves it
     results = await asyncio.gather(*tasks, return_exceptions=True)
     assert all(isinstance(r, Basic.Ack) for r in results[:123])
     assert all(isinstance(r, BrokerUnavailable) for r in results[123:])
