@@ -230,6 +230,8 @@ class ConfirmLane:
     async def publish(self, out: Outbound) -> Any:
         """The confirm frame (`Basic.Ack`); aiormq's `PublishError` (returned),
         `DeliveryError` (nacked), `PublishTimeout` or `BrokerUnavailable` raise."""
+        if not out.message_id:  # a return is matched to its publish by message id
+            raise ValueError("a publish needs a message_id")
         shared = self._by_id.get(out.message_id)
         if shared is not None:
             return await _outcome(shared)

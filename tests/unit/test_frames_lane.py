@@ -176,3 +176,15 @@ async def test_deadlines_fire_on_time_and_at_most_ten_percent_late() -> None:
     assert max(lateness) <= 0.1 * timeout, lateness
     await channel.ack(1)  # a confirm after the deadline is dropped quietly
     assert 1 not in channel.confirmations
+
+
+async def test_concurrent_publishes_of_one_message_share_one_broker_publish() -> None:
+    channel = FakeChannel()
+    lane = ConfirmLane(channel, 10.0)  # type: ignore[arg-type]
+    twice = [asyncio.ensure_future(lane.publish(message(7))) for _ in range(2)]
+    await settle()
+    assert channel.take() == ["m0007"]  # one publish, so a return can name only it
+    await channel.ack(1)
+    assert all(isinstance(r, Basic.Ack) for r in await asyncio.gather(*twice))
+    with pytest.raises(ValueError, match="message_id"):
+        await lane.publish(message(8)._replace(message_id=""))
