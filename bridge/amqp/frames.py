@@ -138,10 +138,13 @@ def _integer(value: int) -> bytes:
 
 _LONG_STRING: Final = struct.Struct(">cI").pack
 _BYTE_ARRAY: Final = b"x"
-#: encoded (name, string value) pairs: most header values repeat (provider, instance, ingest,
-#: event), so most of a table is looked up rather than encoded
-_pairs: dict[tuple[str, str], bytes] = {}
-_PAIR_VALUE_MAX: Final = 128
+#: encoded name + string value, per header name: most header values repeat (provider,
+#: instance, ingest, event), so most of a table is looked up rather than encoded; a name whose
+#: values keep changing (a chat id) stops being cached once it has `_VALUES_PER_NAME` of them
+_fields: dict[str, dict[str, bytes]] = {}
+_VARYING: Final[dict[str, bytes]] = {}  # the cache of such a name: always empty
+_VALUES_PER_NAME: Final = 256
+_CACHED_VALUE_MAX: Final = 128
 
 
 def _value(value: Any) -> bytes:
@@ -158,14 +161,20 @@ def _value(value: Any) -> bytes:
 
 
 def _field(name: str, value: Any) -> bytes:
-    if type(value) is str and len(value) <= _PAIR_VALUE_MAX:
-        pair = (name, value)
-        encoded = _pairs.get(pair)
+    if type(value) is str and len(value) <= _CACHED_VALUE_MAX:
+        cache = _fields.get(name)
+        if cache is None:
+            if len(_fields) >= _CACHE_LIMIT:
+                _fields.clear()
+            cache = _fields[name] = {}
+        encoded = cache.get(value)
         if encoded is None:
             encoded = _key(name) + _value(value)
-            if len(_pairs) >= _CACHE_LIMIT:
-                _pairs.clear()
-            _pairs[pair] = encoded
+            if cache is not _VARYING:
+                if len(cache) < _VALUES_PER_NAME:
+                    cache[value] = encoded
+                else:
+                    _fields[name] = _VARYING  # too many values: encode them each time
         return encoded
     try:
         return _key(name) + _value(value)
