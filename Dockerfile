@@ -50,5 +50,6 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=4).status != 200)"]
 # SIGTERM = graceful stop: stop accepting, finish the notification in hand, drain confirms, exit 0.
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["bridge"]
+# By absolute path: `bridge` is also iproute2's /sbin/bridge, should a derived image add it.
+ENTRYPOINT ["/app/.venv/bin/bridge"]
 CMD ["run", "--config", "/app/bridge.toml", "--log-format", "json"]

@@ -29,7 +29,7 @@ management:
 
 ## make test: lint, types, and every test tier against the real RabbitMQ, coverage measured
 ## (floor in pyproject.toml; the pure modules to every line and branch)
-PURE_MODULES := bridge/routing.py,bridge/envelope.py,bridge/providers/*,bridge/placement.py,bridge/config.py,bridge/ingest/access.py
+PURE_MODULES := bridge/routing.py,bridge/envelope.py,bridge/providers/*,bridge/placement.py,bridge/config.py,bridge/ingest/access.py,bridge/probes.py,bridge/reload.py
 test: $(BIN)/bridge broker management lint typecheck
 	$(BIN)/pytest --cov
 	$(BIN)/coverage report --include='$(PURE_MODULES)' --fail-under=100

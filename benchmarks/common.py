@@ -198,7 +198,9 @@ def topology_names(prefix: str) -> tuple[list[str], list[str]]:
     """(exchanges, queues) a bench's bridge declares on the `prefix` topology."""
     exchanges = [f"{prefix}.notifications", f"{prefix}.unrouted", f"{prefix}.invalid"]
     exchanges.append(f"{prefix}.members")  # the polling leases' beats
-    return exchanges, [f"{prefix}.unrouted", f"{prefix}.invalid"]
+    exchanges.append(f"{prefix}.notifications.ingest")  # the archive's fanout (archive.enabled)
+    queues = [f"{prefix}.unrouted", f"{prefix}.invalid", f"{prefix}.notifications.archive"]
+    return exchanges, queues
 
 
 async def delete_topology(amqp_url: str, prefix: str) -> None:

@@ -18,12 +18,16 @@ SIMULATED: Final = ("greenapi", "evolution", "chatapi", "waha", "meta")
 __all__ = [
     "DEAD_LETTER",
     "DELIVERY_LIMIT",
+    "audit",
     "broker",
     "common",
     "configure",
     "fake_provider",
     "names",
     "queues_declare",
+    "reload",
+    "replay",
+    "run",
     "simulate",
     "tail",
 ]
@@ -38,6 +42,34 @@ def common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="TOML file (default: ./bridge.toml when present)")
     parser.add_argument("--log-format", choices=["auto", "json", "text"], default=None)
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=None)
+
+
+def run(parser: argparse.ArgumentParser) -> None:
+    """`bridge run`: the common options and `--pid-file`."""
+    common(parser)
+    parser.add_argument(
+        "--pid-file",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="write the process id here while running (for `bridge reload`)",
+    )
+
+
+def reload(parser: argparse.ArgumentParser) -> None:
+    """`bridge reload`: signal a running `bridge run` to read its configuration again."""
+    parser.add_argument(
+        "--pid-file",
+        type=Path,
+        required=True,
+        metavar="PATH",
+        help="the file `bridge run --pid-file` writes",
+    )
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="check this file first and signal only if it is valid (with this environment)",
+    )
 
 
 def fake_provider(parser: argparse.ArgumentParser) -> None:
@@ -267,3 +299,78 @@ def tail(parser: argparse.ArgumentParser) -> None:
         "--count", type=int, default=None, metavar="N", help="exit after N messages"
     )
     broker(parser)
+
+
+def _archive_source(parser: argparse.ArgumentParser) -> None:
+    """`--config F | --amqp-url URL` and `--stream` (`bridge replay`, `bridge audit`)."""
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--config", help="bridge TOML file: its [amqp] url and [archive] stream")
+    source.add_argument("--amqp-url", help="broker URL (default: amqp.url of the config)")
+    parser.add_argument("--stream", help="the archive stream (default: archive.stream)")
+
+
+def replay(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--since", required=True, metavar="WHEN", help="2h, 30m, 1d12h or an ISO time (UTC)"
+    )
+    parser.add_argument(
+        "--until", default=None, metavar="WHEN", help="same forms (default: the archive's end)"
+    )
+    for flag, what in (("event", "event type"), ("instance", "instance"), ("provider", "provider")):
+        parser.add_argument(
+            f"--{flag}",
+            action="append",
+            default=[],
+            metavar=flag.upper(),
+            help=f"only this {what} (repeatable: any of them)",
+        )
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument(
+        "--to-queue", metavar="Q", help="to this queue alone (through the default exchange)"
+    )
+    target.add_argument("--to-exchange", metavar="X", help="to every queue bound on exchange X")
+    parser.add_argument(
+        "--routing-key", default=None, help="with --to-exchange: instead of each message's own"
+    )
+    parser.add_argument("--dry-run", action="store_true", help="count what would be replayed")
+    parser.add_argument("--limit", type=int, default=None, metavar="N", help="at most N messages")
+    parser.add_argument(
+        "--in-flight",
+        type=int,
+        default=256,
+        metavar="N",
+        help="unconfirmed publishes at most (default %(default)s)",
+    )
+    parser.add_argument("--json", action="store_true", help="the summary as one JSON line")
+    _archive_source(parser)
+
+
+def audit(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="bridge TOML file: its sources, [amqp] and [archive]")
+    parser.add_argument(
+        "--minutes",
+        type=int,
+        default=60,
+        metavar="N",
+        help="the journals' window, minutes back from now (default %(default)s)",
+    )
+    parser.add_argument(
+        "--instance", action="append", default=[], help="only this instance (repeatable)"
+    )
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="journal entries younger than this are not judged (default %(default)s)",
+    )
+    parser.add_argument(
+        "--idle",
+        type=float,
+        default=3.0,
+        metavar="SECONDS",
+        help="a quiet archive counts as read to its end after this long (default %(default)s)",
+    )
+    parser.add_argument("--stream", help="the archive stream (default: archive.stream)")
+    parser.add_argument("--json", action="store_true", help="one JSON line per instance")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request (30)")

@@ -11,16 +11,23 @@ import asyncio
 import contextlib
 import gc
 import json
+import logging
+import os
+import re
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from bridge import __version__, arguments, logs
 from bridge.config import Settings, dump, load
 from bridge.errors import ConfigError
 from bridge.logs import get_logger
+
+if TYPE_CHECKING:
+    from bridge.app import Service
 
 EXIT_CONFIG = 2
 log = get_logger(__name__)
@@ -43,9 +50,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bridge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run the service")
-    arguments.common(run)
+    run = sub.add_parser("run", help="run the service (SIGHUP: read the configuration again)")
+    arguments.run(run)
     run.set_defaults(handler=cmd_run)
+
+    reload = sub.add_parser(
+        "reload", help="make a running `bridge run` read its configuration again (SIGHUP)"
+    )
+    arguments.reload(reload)
+    reload.set_defaults(handler=cmd_reload)
 
     check = sub.add_parser("check-config", help="validate the configuration and print it")
     arguments.common(check)
@@ -79,6 +92,16 @@ def _parser() -> argparse.ArgumentParser:
     tail_cmd = sub.add_parser("tail", help="print what arrives on a binding, taking nothing")
     arguments.tail(tail_cmd)
     tail_cmd.set_defaults(handler=cmd_tail)
+    replay_cmd = sub.add_parser(
+        "replay", help="republish notifications from the archive, by time, event, instance"
+    )
+    arguments.replay(replay_cmd)
+    replay_cmd.set_defaults(handler=cmd_replay)
+    audit_cmd = sub.add_parser(
+        "audit", help="compare the providers' journals with the archive: what never arrived"
+    )
+    arguments.audit(audit_cmd)
+    audit_cmd.set_defaults(handler=cmd_audit)
 
     # The harness lives in benchmarks/ of a checkout and parses its own arguments. No option
     # prefix here, so that every argument, `--help` included, is the harness's (REMAINDER
@@ -107,15 +130,20 @@ def _settings(args: argparse.Namespace) -> Settings:
 def _setup_logging(args: argparse.Namespace, settings: Settings | None) -> logs.Redactor:
     level = args.log_level or (settings.config.log.level if settings else "info")
     fmt = args.log_format or (settings.config.log.format if settings else "auto")
-    secrets: list[str] = []
-    if settings is not None:
-        secrets += [s.reveal() for s in settings.tokens.values()]
-        secrets += [s.reveal() for s in settings.webhook_tokens.values()]
-        secrets += [s.reveal() for s in settings.hmac_keys.values()]
-        password = urlsplit(settings.config.amqp.url).password
-        if password:
-            secrets.append(password)
-    return logs.setup(level, fmt, secrets)
+    return logs.setup(level, fmt, _secrets(settings) if settings is not None else [])
+
+
+def _secrets(settings: Settings) -> list[str]:
+    """Every secret of `settings`, for the log redactor."""
+    secrets = [s.reveal() for s in settings.tokens.values()]
+    secrets += [s.reveal() for s in settings.webhook_tokens.values()]
+    secrets += [s.reveal() for s in settings.hmac_keys.values()]
+    secrets += [s.reveal() for s in settings.verify_tokens.values()]
+    secrets += [s.reveal() for s in settings.api_keys.values()]
+    password = urlsplit(settings.config.amqp.url).password
+    if password:
+        secrets.append(password)
+    return secrets
 
 
 def _config_error(exc: ConfigError) -> int:
@@ -183,11 +211,12 @@ def tune_gc() -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    hangup = _Hangup(args, _config_path(args))  # from here a SIGHUP is kept for later
     try:
         settings = _settings(args)
     except ConfigError as exc:
         return _config_error(exc)
-    _setup_logging(args, settings)
+    redactor = _setup_logging(args, settings)
     from bridge.app import Service
 
     tune_gc()
@@ -196,19 +225,144 @@ def cmd_run(args: argparse.Namespace) -> int:
     async def main() -> None:
         nonlocal service
         service = Service(settings)
-        await service.run()
+        hangup.install(service, redactor)
+        if args.pid_file is not None:
+            _write_pid(args.pid_file)  # once SIGHUP reloads: `bridge reload` may signal
+        try:
+            await service.run()
+        finally:
+            hangup.uninstall()
 
     async def on_shutdown() -> None:
         if service is not None:
             await service.shutdown()
 
-    error = run_with_aiorun(main, on_shutdown)
+    try:
+        error = run_with_aiorun(main, on_shutdown)
+    finally:
+        if args.pid_file is not None:
+            _remove_pid(args.pid_file)
     if isinstance(error, ConfigError):
         log.error("service.config_error", detail=str(error))
         return EXIT_CONFIG
     if error is not None:
         log.error("service.failed", exc_info=error)
         return 1
+    return 0
+
+
+def _config_path(args: argparse.Namespace) -> str | None:
+    path: str | None = args.config
+    if path is None and Path("bridge.toml").exists():
+        path = str(Path("bridge.toml").resolve())
+    return path
+
+
+_KEY = re.compile(r"[a-z_]+(\[\d+\])?(\.[a-z_]+(\[\d+\])?)*")
+
+
+def _config_key(message: str) -> str | None:
+    """The key path a config error names first (`sources[2].token_env`), if it names one."""
+    key = message.partition(": ")[0]
+    return key if _KEY.fullmatch(key) else None
+
+
+class _Hangup:
+    """`SIGHUP` while `bridge run` runs: read the configuration file again (its secrets too)
+    and give it to the service; a file that does not load is refused, naming the key."""
+
+    def __init__(self, args: argparse.Namespace, path: str | None) -> None:
+        self._path = path
+        self._level_fixed = args.log_level is not None  # --log-level wins over the file
+        self._redactor = logs.Redactor()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._service: Service | None = None
+        self._missed = False  # a SIGHUP came before the service was there
+        signal.signal(signal.SIGHUP, self._early)
+
+    def _early(self, *_: object) -> None:
+        self._missed = True
+
+    def install(self, service: Service, redactor: logs.Redactor) -> None:
+        """From now on a SIGHUP reloads `service` (one missed meanwhile, at once)."""
+        self._service, self._redactor = service, redactor
+        loop = asyncio.get_running_loop()
+        signal.signal(signal.SIGHUP, lambda *_: loop.call_soon_threadsafe(self._hangup))
+        if self._missed:
+            self._hangup()
+
+    def uninstall(self) -> None:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    def _hangup(self) -> None:
+        task = asyncio.create_task(self.reload(), name="reload")
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("config.reload_failed", exc_info=task.exception())
+
+    async def reload(self) -> None:
+        assert self._service is not None
+        try:
+            loaded = load(self._path)
+        except ConfigError as exc:
+            key = _config_key(str(exc))
+            named = {"key": key} if key is not None else {}
+            log.error(
+                "config.reload_refused",
+                **named,
+                detail=str(exc),
+                hint="the running configuration stays",
+            )
+            return
+        self._redactor.add(_secrets(loaded))  # before anything could log them
+        change = await self._service.reload(loaded)
+        if change is not None and not self._level_fixed:
+            logging.getLogger("bridge").setLevel(change.settings.config.log.level.upper())
+
+
+def _write_pid(path: Path) -> None:
+    """The process id in `path`, written whole (a reader never sees half of it)."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(f"{os.getpid()}\n")
+    partial.replace(path)
+
+
+def _remove_pid(path: Path) -> None:
+    """Remove `path` if it still names this process."""
+    with contextlib.suppress(OSError, ValueError):
+        if int(path.read_text().strip()) == os.getpid():
+            path.unlink()
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """SIGHUP to the process in the pid file, after checking `--config` if given."""
+    if args.config is not None:
+        try:
+            load(args.config)
+        except ConfigError as exc:
+            return _config_error(exc)
+    try:
+        pid = int(args.pid_file.read_text().strip())
+    except (OSError, ValueError) as exc:
+        print(f"bridge: cannot read a process id from {args.pid_file}: {exc}", file=sys.stderr)
+        return 1
+    with contextlib.suppress(OSError):  # Linux: a recycled pid may name another program
+        if b"bridge" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            print(f"bridge: process {pid} is no bridge (stale {args.pid_file})", file=sys.stderr)
+            return 1
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        print(f"bridge: no process {pid} (stale {args.pid_file})", file=sys.stderr)
+        return 1
+    except PermissionError:
+        print(f"bridge: not allowed to signal process {pid}", file=sys.stderr)
+        return 1
+    print(f"bridge: process {pid} reads its configuration again", file=sys.stderr)
     return 0
 
 
@@ -339,6 +493,18 @@ def cmd_tail(args: argparse.Namespace) -> int:
     from bridge.tools import tail
 
     return tail.run(args)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from bridge.tools import replay
+
+    return replay.run(args)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from bridge.tools import audit
+
+    return audit.run(args)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

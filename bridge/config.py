@@ -19,6 +19,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from bridge.errors import ConfigError
+from bridge.probes import PROBES
 from bridge.providers import REGISTRY
 
 ENV_PREFIX = "BRIDGE_"
@@ -58,6 +59,7 @@ class AmqpConfig(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     connect_timeout: PositiveFloat = 10.0
     heartbeat: Annotated[int, Meta(ge=0, le=600)] = 30
     dedup_size: Annotated[int, Meta(ge=0)] = 100_000
+    cloudevents: bool = False  # also the CloudEvents RabbitMQ binding's ce- headers
 
 
 class HttpConfig(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -96,6 +98,41 @@ class LeaseConfig(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True)
     exchange: str = "bridge.members"
 
 
+#: RabbitMQ's retention age for a stream: a positive integer and one unit, Y M D h m s.
+MAX_AGE = re.compile(r"[1-9][0-9]*[YMDhms]")
+
+
+class ArchiveConfig(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """`notifications.archive`: a stream holding every notification the bridge publishes."""
+
+    enabled: bool = True
+    stream: str | None = None  # default: "<amqp.exchange>.archive"
+    ingest_suffix: str = ".ingest"  # the fanout before each topic exchange: "<exchange>.ingest"
+    max_age: str = "7D"
+    max_length_bytes: Annotated[int, Meta(ge=1)] = 10_000_000_000
+    max_segment_size_bytes: Annotated[int, Meta(ge=1, le=3_000_000_000)] = 100_000_000
+
+    def stream_for(self, amqp: AmqpConfig) -> str:
+        return self.stream or f"{amqp.exchange}.archive"
+
+    def ingest_for(self, exchange: str) -> str:
+        return f"{exchange}{self.ingest_suffix}"
+
+
+#: The shortest `monitor.state_interval`: one state call a second per instance, GREEN-API's
+#: documented limit for `getStateInstance` (Evolution and WAHA are self-hosted, unlimited).
+MIN_STATE_INTERVAL = 1.0
+
+
+class MonitorConfig(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Silent-instance detection: the instance state probes and the silence threshold."""
+
+    enabled: bool = True
+    state_interval: Annotated[float, Meta(ge=MIN_STATE_INTERVAL)] = 300.0
+    state_timeout: PositiveFloat = 10.0  # one state call's answer wait
+    silent_after: PositiveFloat = 3600.0  # exported for BridgeInstanceSilent
+
+
 class LogConfig(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "text"] = "auto"
@@ -118,6 +155,8 @@ class Source(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     app_secret_file: str | None = None
     verify_token_env: str | None = None  # Meta: answered on GET hub.challenge
     verify_token_file: str | None = None
+    api_key_env: str | None = None  # Evolution `apikey`, WAHA `X-Api-Key`: the state probe
+    api_key_file: str | None = None
     routing_key: str = "{event}"
     exchange: str | None = None
 
@@ -131,7 +170,9 @@ class Config(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     http: HttpConfig = HttpConfig()
     poll: PollConfig = PollConfig()
     lease: LeaseConfig = LeaseConfig()
+    monitor: MonitorConfig = MonitorConfig()
     log: LogConfig = LogConfig()
+    archive: ArchiveConfig = ArchiveConfig()
     sources: tuple[Source, ...] = ()
 
 
@@ -143,6 +184,7 @@ class Settings(Struct, frozen=True, kw_only=True):
     webhook_tokens: Mapping[str, Secret]  # source name -> webhook token
     hmac_keys: Mapping[str, Secret] = msgspec.field(default_factory=dict)  # -> signing key
     verify_tokens: Mapping[str, Secret] = msgspec.field(default_factory=dict)  # -> Meta's
+    api_keys: Mapping[str, Secret] = msgspec.field(default_factory=dict)  # -> state probe key
 
     def token(self, source: Source) -> Secret:
         return self.tokens[source.name]
@@ -183,6 +225,7 @@ def load(
     _check(config)
     _check_http(config.http)
     _check_lease(config.lease)
+    _check_archive(config.archive)
     if not secrets:
         return Settings(config=config, tokens={}, webhook_tokens={})
     return Settings(
@@ -194,6 +237,7 @@ def load(
             **_resolve(config, env, "app_secret"),
         },
         verify_tokens=_resolve(config, env, "verify_token"),
+        api_keys=_resolve(config, env, "api_key"),
     )
 
 
@@ -266,8 +310,8 @@ def _check_source(at: str, src: Source) -> None:
             raise ConfigError(f"{at}.mode: 'poll' works only with provider {pollers}")
         if not src.api_url:
             raise ConfigError(f"{at}.api_url: required for mode 'poll'")
-        if urlsplit(src.api_url).scheme not in ("http", "https"):
-            raise ConfigError(f"{at}.api_url: must be an http(s) URL")
+    if src.api_url is not None and urlsplit(src.api_url).scheme not in ("http", "https"):
+        raise ConfigError(f"{at}.api_url: must be an http(s) URL")
     _check_keys(at, src, signs=adapter.signature is not None, challenges=adapter.challenge)
     problem = adapter.check_instance(src.instance)
     if problem is not None:
@@ -290,6 +334,12 @@ def _check_keys(at: str, src: Source, *, signs: bool, challenges: object) -> Non
         raise ConfigError(f"{at}: set one signing key, hmac_key_* or app_secret_*")
     if (src.verify_token_env or src.verify_token_file) and challenges is None:
         raise ConfigError(f"{at}.verify_token_env: {src.provider} sends no verification request")
+    if src.api_key_env and src.api_key_file:
+        raise ConfigError(f"{at}: set one of api_key_env or api_key_file")
+    probe = PROBES.get(src.provider)
+    if (src.api_key_env or src.api_key_file) and (probe is None or probe.credential != "api_key"):
+        takes = " and ".join(name for name, p in PROBES.items() if p.credential == "api_key")
+        raise ConfigError(f"{at}.api_key_env: only {takes} take an API key")
 
 
 def split_host_port(text: str) -> tuple[str, int]:
@@ -323,6 +373,16 @@ def _check_lease(lease: LeaseConfig) -> None:
         raise ConfigError(
             f"lease.settle: must be more than twice lease.interval ({2 * lease.interval:g} s)"
         )
+
+
+def _check_archive(archive: ArchiveConfig) -> None:
+    if not MAX_AGE.fullmatch(archive.max_age):
+        raise ConfigError(
+            f"archive.max_age: must be a number and one unit of Y M D h m s"
+            f" (e.g. 7D, 12h), got {archive.max_age!r}"
+        )
+    if not archive.ingest_suffix.strip() or archive.stream == "":
+        raise ConfigError("archive: stream and ingest_suffix must not be empty")
 
 
 def _resolve(config: Config, env: Mapping[str, str], kind: str) -> dict[str, Secret]:

@@ -6,14 +6,18 @@ Provider calls (real GREEN-API URL shapes)::
     DELETE /waInstance{id}/deleteNotification/{token}/{receiptId}
     GET    /waInstance{id}/getSettings/{token}          (when ``settings_api`` is on)
     POST   /waInstance{id}/setSettings/{token}
+    GET    /waInstance{id}/lastIncomingMessages/{token}?minutes=N
+    GET    /waInstance{id}/lastOutgoingMessages/{token}?minutes=N
+                                   (the journals: :mod:`fakeprovider.greenjournal`)
 
 Each call is checked in this order: route (404), idInstance (400/403), token (401), rate limit
 per instance and method (429), parameters (400), then the next queued fault, the injected
 latency, and finally the real answer. While an instance has a ``webhookUrl`` its queue is
 pushed and ``receiveNotification`` answers ``null``. Evolution's ``/webhook/set/{name}`` and
 ``/webhook/find/{name}`` are served on the same port (:mod:`fakeprovider.evolution`), and so
-are WAHA's ``/api/sessions...`` (:mod:`fakeprovider.waha`); Meta only pushes
-(:mod:`fakeprovider.meta`). Control
+are WAHA's ``/api/sessions...`` (:mod:`fakeprovider.waha`), and the instance state calls
+(:mod:`fakeprovider.states`: ``getStateInstance``, ``/instance/connectionState/{name}``);
+Meta only pushes (:mod:`fakeprovider.meta`). Control
 calls live under ``/_control`` (see :mod:`fakeprovider.control` and
 :mod:`fakeprovider.pushcontrol`).
 """
@@ -37,9 +41,11 @@ from fakeprovider.greenapi import (
     parse_receipt_id,
     parse_receive_timeout,
 )
+from fakeprovider.greenjournal import JOURNALS, minutes_from_query
 from fakeprovider.meta import FakeMeta
 from fakeprovider.pushcontrol import handle_push_control
 from fakeprovider.settings import SettingsError, encode_settings
+from fakeprovider.states import FakeStates, is_state_call
 from fakeprovider.waha import FakeWaha
 from fakeprovider.waiting import (
     connected_check,
@@ -68,6 +74,7 @@ _DROP_PREFIX: Final = b'{"receiptId":'
 _DROP_LENGTH: Final = b"512"
 DROP_LOG_MESSAGE: Final = "ASGI callable returned without completing response."
 _PREFIX_LEN: Final = len("waInstance")
+_STATE_PREFIXES: Final = ("/waInstance", "/instance/")
 
 
 def _bad_request(message: str) -> bytes:
@@ -107,7 +114,7 @@ def _reason(status: int) -> str:
 
 
 class _FakeProvider:
-    __slots__ = ("chatapi", "evolution", "meta", "state", "waha")
+    __slots__ = ("chatapi", "evolution", "meta", "state", "states", "waha")
 
     def __init__(
         self,
@@ -122,14 +129,15 @@ class _FakeProvider:
         self.chatapi = chatapi
         self.waha = waha
         self.meta = meta
+        self.states = FakeStates(state, evolution, waha)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
             path: str = scope["path"]
-            if path.startswith("/waInstance"):
+            if path.startswith("/waInstance") and not is_state_call(path):
                 await self._provider(scope, receive, send)
-            elif path.startswith(("/_control", "/webhook/", "/api/sessions")):
+            elif path.startswith(("/_control", "/webhook/", "/api/sessions", *_STATE_PREFIXES)):
                 body = await read_body(receive)
                 if body is not None:
                     status, reply = self._buffered(scope, path, body)
@@ -141,6 +149,9 @@ class _FakeProvider:
 
     def _buffered(self, scope: Scope, path: str, body: bytes) -> tuple[int, bytes]:
         method: str = scope["method"]
+        states = self._states(scope, method, path, body)
+        if states is not None:
+            return states
         if path.startswith("/webhook/"):
             apikey = header(scope, b"apikey")
             return self.evolution.handle_api(method, path, apikey, body)
@@ -164,19 +175,31 @@ class _FakeProvider:
             self.chatapi.reset()
             self.waha.reset()
             self.meta.reset()
+            self.states.reset()
         return status, result
+
+    def _states(
+        self, scope: Scope, method: str, path: str, body: bytes
+    ) -> tuple[int, bytes] | None:
+        """The instance state calls and their control (:mod:`fakeprovider.states`)."""
+        if path.startswith("/_control"):
+            return self.states.control(method, path, body)
+        key = header(scope, b"x-api-key" if path.startswith("/api/") else b"apikey")
+        return self.states.handle(method, path, key)
 
     async def _provider(self, scope: Scope, receive: Receive, send: Send) -> None:
         parts: list[str] = scope["path"].split("/")
         count = len(parts)
         method = scope["method"]
-        settings = False
+        settings = journal = False
         if count == 4 and parts[2] == "receiveNotification" and method == "GET":
             receiving = True
         elif count == 5 and parts[2] == "deleteNotification" and method == "DELETE":
             receiving = False
         elif count == 4 and self.state.settings_api and _SETTINGS_ROUTES.get(parts[2]) == method:
             receiving, settings = False, True
+        elif count == 4 and parts[2] in JOURNALS and method == "GET":
+            receiving, journal = False, True
         else:
             await answer(send, 404, b"Not Found", _TEXT)
             return
@@ -195,7 +218,9 @@ class _FakeProvider:
             else:
                 await answer(send, 400, _bad_request("Parameter apiTokenInstance not define"))
             return
-        if settings:
+        if journal:
+            await _journal(instance, parts[2], scope["query_string"], send)
+        elif settings:
             await self._settings(instance, parts[2] == "setSettings", receive, send)
         elif receiving:
             handle = instance.begin_receive(connected_check(receive))
@@ -290,6 +315,16 @@ class _FakeProvider:
             await answer(send, 400, _bad_request(str(exc)))
             return
         await answer(send, 200, _SAVED)
+
+
+async def _journal(instance: Instance, route: str, query: bytes, send: Send) -> None:
+    """`lastIncomingMessages` / `lastOutgoingMessages`: the instance's journal."""
+    try:
+        minutes = minutes_from_query(query)
+    except ValueError:
+        await answer(send, 400, _bad_request("Parameter minutes not an integer"))
+        return
+    await answer(send, 200, instance.journal.answer(route, minutes))
 
 
 async def _faulted(fault: Fault, latency: float, receive: Receive, send: Send) -> bool:

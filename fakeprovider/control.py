@@ -10,6 +10,9 @@ body and writes what it returns. Bad input is a 400 with ``{"message": ...}``, n
     PUT    /_control/instances/{id}/faults           Fault or [Fault, ...] (queued in order)
     DELETE /_control/instances/{id}/faults
     PUT    /_control/instances/{id}/latency          {"latency": seconds | null}
+    PUT    /_control/instances/{id}/lose             {"count": n}: journal the next n messages,
+                                                      never deliver them
+    GET    /_control/instances/{id}/lost             {"lost": [idMessage, ...]}
     PUT    /_control/latency                         {"latency": seconds}
     GET    /_control/stats
     POST   /_control/reset                           (the app also resets Evolution, Chat API,
@@ -48,6 +51,10 @@ class _InstanceSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     latency: float | None = None
 
 
+class _LoseSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    count: int
+
+
 class _LatencySpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     latency: float | None
 
@@ -64,6 +71,7 @@ class _Enqueued(msgspec.Struct):
 
 _INSTANCE_SPEC: Final = msgspec.json.Decoder(_InstanceSpec)
 _LATENCY_SPEC: Final = msgspec.json.Decoder(_LatencySpec)
+_LOSE_SPEC: Final = msgspec.json.Decoder(_LoseSpec)
 _FAULTS: Final = msgspec.json.Decoder(Fault | list[Fault])
 _RAW_LIST: Final = msgspec.json.Decoder(list[msgspec.Raw])
 _RAW_ONE: Final = msgspec.json.Decoder(msgspec.Raw)
@@ -137,11 +145,19 @@ def _instance_route(state: FakeGreenApi, method: str, id: str, action: str, body
             return _ENCODER.encode({"faults": len(state.instance(id).faults)})
         case "DELETE", "faults":
             return _ENCODER.encode({"cleared": state.clear_faults(id)})
+        case "PUT", "lose":
+            count = decode_body(_LOSE_SPEC, body).count
+            if count < 0:
+                raise ControlError(400, "count must not be negative")
+            state.lose(id, count)
+            return _ENCODER.encode({"lose": count})
+        case "GET", "lost":
+            return _ENCODER.encode({"lost": state.instance(id).journal.lost})
         case "PUT", "latency":
             latency = _latency(decode_body(_LATENCY_SPEC, body).latency, allow_none=True)
             state.set_latency(id, latency)
             return _ENCODER.encode({"latency": latency})
-    if action in ("", "notifications", "raw", "faults", "latency"):
+    if action in ("", "notifications", "raw", "faults", "latency", "lose", "lost"):
         raise ControlError(405, "Method Not Allowed")
     raise ControlError(404, "Not Found")
 

@@ -132,20 +132,23 @@ class FakeGreenApi:
             raise UnknownInstanceError(id) from None
 
     def enqueue(self, id: str, raw: bytes) -> int:
-        """Append one notification's raw bytes to the instance's FIFO; returns its receiptId."""
-        instance = self.instance(id)
-        receipt_id = next(self._receipts)
-        instance.push(receipt_id, bytes(raw))
-        return receipt_id
+        """Append one notification's raw bytes to the instance's FIFO (a message is journaled
+        first; one the journal says to lose is not queued); returns its receiptId."""
+        return self.enqueue_many(id, [raw])[0]
 
     def enqueue_many(self, id: str, raws: list[bytes]) -> list[int]:
         instance = self.instance(id)
         receipt_ids = []
         for raw in raws:
             receipt_id = next(self._receipts)
-            instance.push(receipt_id, bytes(raw))
+            if instance.journal.record(raw):
+                instance.push(receipt_id, bytes(raw))
             receipt_ids.append(receipt_id)
         return receipt_ids
+
+    def lose(self, id: str, count: int) -> None:
+        """Journal the next `count` message notifications of `id` but never deliver them."""
+        self.instance(id).journal.lose_next = count
 
     def latency_for(self, instance: Instance) -> float:
         return self.latency if instance.latency is None else instance.latency

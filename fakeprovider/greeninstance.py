@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import msgspec
 
+from fakeprovider.greenjournal import Journal
 from fakeprovider.push import PushCounters
 from fakeprovider.settings import default_settings
 from fakeprovider.wire import Fault, Method, SlidingWindow
@@ -54,6 +55,7 @@ class Instance:
         "get_settings_window",
         "id",
         "in_flight",
+        "journal",
         "latency",
         "overlapped",
         "overlaps",
@@ -102,6 +104,7 @@ class Instance:
         self.set_settings_window = SlidingWindow(settings_rate_limit)
         self.push_counts = PushCounters(serial=True)
         self.pusher: asyncio.Task[None] | None = None
+        self.journal = Journal()  # lastIncomingMessages / lastOutgoingMessages
 
     def head(self) -> tuple[int, bytes] | None:
         return self.queue[0] if self.queue else None

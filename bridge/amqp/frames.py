@@ -283,11 +283,12 @@ class Encoder:
         self.publish = PublishFrames(channel, mandatory=True)
         self.content = Content(channel, frame_max, app_id=APP_ID)
 
-    def into(self, parts: list[bytes], out: Outbound) -> None:
-        """Append the frames of `out` to `parts` (joined later, once per write); nothing is
-        appended when a field cannot be encoded."""
+    def into(self, parts: list[bytes], out: Outbound, exchange: str | None = None) -> None:
+        """Append the frames of `out` to `parts` (joined later, once per write), published to
+        `exchange` when given, else to `out.exchange`; nothing is appended when a field cannot
+        be encoded."""
         body = out.body
-        publish = self.publish(out.exchange, out.routing_key)
+        publish = self.publish(out.exchange if exchange is None else exchange, out.routing_key)
         header = self.content.header(
             len(body),
             message_id=out.message_id,

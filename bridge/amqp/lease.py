@@ -98,6 +98,31 @@ class LeaseKeeper(Background):
     def lease(self, source: Source) -> Lease:
         return self.leases[lease_name(source)]
 
+    def add(self, source: Source) -> Lease:
+        """Take `source`'s lease too (a reload added it): the next plan may give it here."""
+        name = lease_name(source)
+        lease = self.leases.get(name)
+        if lease is None:
+            lease = self.leases[name] = Lease(name, source.provider, source.instance)
+            LEASE_HELD.labels(lease.provider, lease.instance).set(0)
+        lease.retired = False  # removed and added again before its release: kept
+        if name not in self._sources:
+            self._sources.append(name)
+        self._wake.set()
+        return lease
+
+    def remove(self, source: Source) -> None:
+        """Give up `source`'s lease (a reload removed it; its poller has stopped): the other
+        members no longer hear it offered, a held one is released at once, then forgotten."""
+        lease = self.leases.get(lease_name(source))
+        if lease is None:
+            return
+        lease.retired = True
+        self._sources = [name for name in self._sources if name != lease.name]
+        if not lease.held:
+            self._forget(lease)
+        self._wake.set()
+
     def held(self) -> set[str]:
         return {name for name, lease in self.leases.items() if lease.held}
 
@@ -263,17 +288,21 @@ class LeaseKeeper(Background):
         now = asyncio.get_running_loop().time()
         holders = self._members.holders(exclude=self.member)
         acquired: list[str] = []
-        for name, lease in self.leases.items():
+        for name, lease in list(self.leases.items()):  # a reload may add or remove meanwhile
             target = self._plan.get(name)
             if lease.state in (LeaseState.SETTLING, LeaseState.HELD):
                 age = 2 * self._cfg.interval
-                if target not in (None, self.member) and self._members.stable(target, now, age):
+                handover = target not in (None, self.member) and self._members.stable(
+                    target, now, age
+                )
+                if lease.retired or handover:
                     lease.state = LeaseState.RELEASING
                     lease.release = asyncio.create_task(
                         self._release(lease), name=f"release {name}"
                     )
             elif (
                 lease.state is LeaseState.IDLE
+                and not lease.retired
                 and target == self.member
                 and name not in holders
                 and await self._acquire(lease)
@@ -289,6 +318,8 @@ class LeaseKeeper(Background):
 
     async def _acquire(self, lease: Lease) -> bool:
         async with self._declaring() as channel:
+            if lease.retired:  # removed by a reload while this waited
+                return False
             try:
                 await channel.declare_queue(
                     lease.name, exclusive=True, timeout=self._amqp.connect_timeout
@@ -379,6 +410,14 @@ class LeaseKeeper(Background):
         lease.state = LeaseState.IDLE
         lease.release = None
         LEASE_HELD.labels(lease.provider, lease.instance).set(0)
+        if lease.retired:
+            self._forget(lease)
+
+    def _forget(self, lease: Lease) -> None:
+        """A retired lease, no longer held: gone from the keeper and from the metrics."""
+        if self.leases.get(lease.name) is lease:
+            del self.leases[lease.name]
+            LEASE_HELD.remove(lease.provider, lease.instance)
 
 
 def _few(names: list[str], limit: int = 5) -> str:

@@ -9,6 +9,9 @@ what its poller sees of it (`usable`, `wait_usable`, `on_revoke`, `in_use`).
     RELEASING       -> SETTLING   the delete failed: still held here
     any             -> IDLE       the connection is gone (RabbitMQ freed the queue)
 
+A lease whose source left the config (a reload) is `retired`: released like a hand-over at
+the next check, then forgotten.
+
 `bridge.amqp.lease.LeaseKeeper` makes the transitions; nothing here talks to the network.
 """
 
@@ -43,6 +46,7 @@ class Lease:
         self.release: asyncio.Task[None] | None = None  # RELEASING: the hand-over
         self.locked_since: float | None = None  # IDLE: when first found held by another
         self.locked_reported = False  # `lease.locked` said once (again only after a take)
+        self.retired = False  # its source left the config: released, then forgotten
         self._usable = asyncio.Event()
         self._on_revoke: list[Callable[[], None]] = []
         self._users = 0
@@ -65,6 +69,11 @@ class Lease:
     def on_revoke(self, callback: Callable[[], None]) -> None:
         """`callback()` runs when the lease stops being usable (abandon a pending receive)."""
         self._on_revoke.append(callback)
+
+    def off_revoke(self, callback: Callable[[], None]) -> None:
+        """Undo `on_revoke(callback)` (a poller that ended)."""
+        if callback in self._on_revoke:
+            self._on_revoke.remove(callback)
 
     @contextlib.contextmanager
     def in_use(self) -> Iterator[None]:

@@ -167,7 +167,7 @@ class AmqpPublisher(Background):
         self._idle.clear()
         started = time.perf_counter()
         try:
-            result = await lane.publish(out)
+            result = await lane.publish(out, self._topo.publish_exchange(out.exchange))
         except aiormq.exceptions.PublishError as exc:
             raise PublishReturned(f"returned by the broker: {exc}") from None
         except aiormq.exceptions.DeliveryError as exc:
@@ -227,9 +227,10 @@ class ConfirmLane:
 
     # -- one publish -------------------------------------------------------------------
 
-    async def publish(self, out: Outbound) -> Any:
-        """The confirm frame (`Basic.Ack`); aiormq's `PublishError` (returned),
-        `DeliveryError` (nacked), `PublishTimeout` or `BrokerUnavailable` raise."""
+    async def publish(self, out: Outbound, exchange: str | None = None) -> Any:
+        """Publish `out` (to `exchange` instead of `out.exchange` when given) and return its
+        confirm frame (`Basic.Ack`); aiormq's `PublishError` (returned), `DeliveryError`
+        (nacked), `PublishTimeout` or `BrokerUnavailable` raise."""
         if not out.message_id:  # a return is matched to its publish by message id
             raise ValueError("a publish needs a message_id")
         shared = self._by_id.get(out.message_id)
@@ -243,7 +244,7 @@ class ConfirmLane:
             raise BrokerUnavailable("the confirm channel to RabbitMQ closed")
         parts = self._parts
         mark = len(parts)
-        self._encode.into(parts, out)  # raises before a tag is taken
+        self._encode.into(parts, out, exchange)  # raises before a tag is taken
         channel.delivery_tag += 1
         tag = channel.delivery_tag
         future = self._loop.create_future()

@@ -12,6 +12,7 @@ plain aiohttp in the same workload (docs/benchmarks.md).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Protocol
 
 import aiohttp
@@ -31,8 +32,16 @@ HTTP_ERRORS = (httpx.HTTPError, aiohttp.ClientError, OSError, TimeoutError, Answ
 
 
 class ProviderHttp(Protocol):
-    async def request(self, method: str, url: str, *, read_timeout: float) -> tuple[int, bytes]:
-        """Send a request without a body; return (status, body)."""
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        read_timeout: float,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, bytes]:
+        """Send a request without a body (`headers` added to the client's); return
+        (status, body)."""
         ...
 
     async def aclose(self) -> None: ...
@@ -64,13 +73,24 @@ class AiohttpProviderHttp:
         )
         return self._session
 
-    async def request(self, method: str, url: str, *, read_timeout: float) -> tuple[int, bytes]:
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        read_timeout: float,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, bytes]:
         session = self._session or self._open()
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=self._connect_timeout, sock_read=read_timeout
         )
         async with session.request(
-            method, URL(url, encoded=True), timeout=timeout, allow_redirects=False
+            method,
+            URL(url, encoded=True),
+            timeout=timeout,
+            allow_redirects=False,
+            headers=headers,
         ) as response:
             length = response.content_length
             if length is not None:
@@ -99,9 +119,16 @@ class HttpxProviderHttp:
         self._client = client
         self._connect_timeout = connect_timeout
 
-    async def request(self, method: str, url: str, *, read_timeout: float) -> tuple[int, bytes]:
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        read_timeout: float,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, bytes]:
         timeout = httpx.Timeout(self._connect_timeout, read=read_timeout, pool=None)
-        response = await self._client.request(method, url, timeout=timeout)
+        response = await self._client.request(method, url, timeout=timeout, headers=headers)
         return response.status_code, response.content
 
     async def aclose(self) -> None:

@@ -16,7 +16,7 @@ from bridge.config import AmqpConfig, Source
 from bridge.envelope import Outbound, build, quarantine
 from bridge.errors import PayloadError, PublishError
 from bridge.logs import get_logger
-from bridge.metrics import QUARANTINED, published
+from bridge.metrics import LAST_NOTIFICATION, QUARANTINED, published
 from bridge.providers import KNOWN_EVENTS, REGISTRY, Parsed
 from bridge.routing import MAX_ROUTING_KEY_BYTES, Classified, routing_key
 
@@ -99,6 +99,7 @@ class Pipeline:
             classified=classified,
             received_at_ms=received_at_ms,
             receipt_id=receipt_id,
+            cloudevents=self._amqp.cloudevents,
         )
         if not classified.known:
             self._note_unknown(source, classified.event)
@@ -178,6 +179,7 @@ class Pipeline:
             published(provider, self._event_label(out), type(exc).__name__).inc()
             raise
         published(provider, self._event_label(out), "confirmed" if fresh else "duplicate").inc()
+        LAST_NOTIFICATION.stamp(provider, out.instance)
         return fresh
 
     @staticmethod

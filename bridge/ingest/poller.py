@@ -122,6 +122,8 @@ class Poller:
                 if pause:
                     await sleep_unless(self._stop, pause)
         finally:
+            if self._lease is not None:  # a restarted source's next poller takes the lease
+                self._lease.off_revoke(self._abandon_receive)
             if self.stopped_reason is None:
                 log.info("source.stopped", **self._fields())
 

@@ -75,17 +75,21 @@ class Route:
         self.credentials.append((hook, hook.credential))
 
 
-class Webhooks:
-    def __init__(self, settings: Settings, pipeline: Pipeline) -> None:
-        self._http: HttpConfig = settings.config.http
-        self._pipeline = pipeline
-        self._routes = {name: Route(adapter) for name, adapter in REGISTRY.items()}
+class Routing:
+    """Everything a request is checked and routed against: the routes with their
+    credentials, the address rules and the body limits. Built whole from one `Settings` and
+    never changed after; a reload builds a new one and swaps the one reference, so a request
+    sees one complete set, the one in force when it arrived."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.http: HttpConfig = settings.config.http
+        self.routes = {name: Route(adapter) for name, adapter in REGISTRY.items()}
         for source in settings.config.sources:
             if source.mode != "webhook":
                 continue
             secret = settings.webhook_tokens.get(source.name)
             key = settings.hmac_keys.get(source.name)
-            route = self._routes[source.provider]
+            route = self.routes[source.provider]
             scheme = route.adapter.signature
             credential = Credential(
                 token=secret.reveal().encode() if secret is not None else None,
@@ -101,13 +105,25 @@ class Webhooks:
             verify = settings.verify_tokens.get(source.name)
             if verify is not None:
                 route.verify_tokens.append(verify.reveal().encode())
-        self._addresses = Addresses(self._http.allow_ips, self._http.trusted_proxies)
-        self._retry_after = str(self._http.retry_after).encode()
+        self.addresses = Addresses(self.http.allow_ips, self.http.trusted_proxies)
+        self.retry_headers = [(b"retry-after", str(self.http.retry_after).encode())]
+
+
+class Webhooks:
+    def __init__(self, settings: Settings, pipeline: Pipeline) -> None:
+        self._pipeline = pipeline
+        self._routing = Routing(settings)
+
+    def reconfigure(self, settings: Settings) -> None:
+        """Take `settings`' webhook sources, credentials, address rules and body limits: the
+        new set is built first, then swapped in at once (requests in flight finish with the
+        set they started with)."""
+        self._routing = Routing(settings)
 
     def open_sources(self) -> list[str]:
         return [
             hook.source.name
-            for route in self._routes.values()
+            for route in self._routing.routes.values()
             for hook in route.hooks.values()
             if hook.credential.open
         ]
@@ -122,48 +138,48 @@ class Webhooks:
         if kind != "http":
             return
         path: str = scope["path"]
-        method: str = scope["method"]
+        routing = self._routing  # one set for the whole request
         if path.startswith("/webhooks/"):
-            await self._webhook(scope, receive, send, path, method)
+            await self._webhook(routing, scope, receive, send)
         elif path == "/healthz":
             await _answer(send, 200, b'{"status":"alive"}')
         elif path == "/readyz":
             if self._pipeline.publisher.is_ready():
                 await _answer(send, 200, b'{"status":"ready"}')
             else:
-                await _answer(send, 503, b'{"status":"broker not ready"}', self._retry_headers())
+                await _answer(send, 503, b'{"status":"broker not ready"}', routing.retry_headers)
         elif path == "/metrics":
             body = generate_latest(METRICS)
             await _answer(send, 200, body, [(b"content-type", CONTENT_TYPE_LATEST.encode())])
         else:
             await _answer(send, 404, b'{"error":"no such route"}')
 
-    async def _webhook(
-        self, scope: Scope, receive: Receive, send: Send, path: str, method: str
-    ) -> None:
+    async def _webhook(self, routing: Routing, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        method: str = scope["method"]
         parts = path.split("/")  # ["", "webhooks", provider, rest?]
         provider = parts[2]
-        route = self._routes.get(provider)
+        route = routing.routes.get(provider)
         if route is None or len(parts) > 4 or (len(parts) == 4 and not parts[3]):
             await _answer(send, 404, b'{"error":"no such route"}')
             return
         if method == "GET" and route.adapter.challenge is not None:
-            await self._challenge(route, scope, send)
+            await self._challenge(routing, route, scope, send)
             return
         if method != "POST":
             await _answer(send, 405, b'{"error":"use POST"}', [(b"allow", b"POST")])
             return
         rest = parts[3] if len(parts) == 4 else ""
         try:
-            if self._addresses and not self._allowed(scope):
+            if routing.addresses and not _allowed(routing, scope):
                 raise Reject(403, "address not allowed")
-            outs = await self._messages(route, scope, receive, rest)
+            outs = await self._messages(routing, route, scope, receive, rest)
             if not self._pipeline.publisher.is_ready():
                 raise Reject(503, "broker not ready")
             await self._deliver(outs)
         except Reject as exc:
             webhook_responses(provider, str(exc.status)).inc()
-            headers = self._retry_headers() if exc.status == 503 else []
+            headers = routing.retry_headers if exc.status == 503 else []
             await _answer(send, exc.status, msgspec.json.encode({"error": str(exc)}), headers)
             return
         webhook_responses(provider, "200").inc()
@@ -176,13 +192,10 @@ class Webhooks:
             raise Reject(503, "broker did not confirm") from None
         acknowledged(outs[0].provider, outs[0].instance, "http_200").inc(len(outs))
 
-    def _retry_headers(self) -> list[tuple[bytes, bytes]]:
-        return [(b"retry-after", self._retry_after)]
-
     # -- one generic path for every provider ---------------------------------------------
 
     async def _messages(
-        self, route: Route, scope: Scope, receive: Receive, rest: str
+        self, routing: Routing, route: Route, scope: Scope, receive: Receive, rest: str
     ) -> list[Outbound]:
         """Authenticate, read and split a body into its messages (or its quarantine message).
 
@@ -194,7 +207,7 @@ class Webhooks:
         adapter = route.adapter
         request = Request(scope["headers"], scope.get("query_string", b""))
         hook = self._lookup(route, rest, request) if rest and adapter.path == "instance" else None
-        body = await self._body(scope, receive)
+        body = await _body(routing.http, scope, receive)
         if (
             hook is not None
             and hook.credential.signature is not None
@@ -230,12 +243,12 @@ class Webhooks:
             return [self._pipeline.quarantine(source, adapter.clean(part), error, ingest="webhook")]
         return self._pipeline.messages(source, part, ingest="webhook", parsed=parsed)
 
-    async def _challenge(self, route: Route, scope: Scope, send: Send) -> None:
+    async def _challenge(self, routing: Routing, route: Route, scope: Scope, send: Send) -> None:
         """A provider's subscription check: echo its challenge if a source's verify token
         matches (text/plain, 200), else 403."""
         assert route.adapter.challenge is not None
         tokens = [t for t in route.verify_tokens if t]
-        if self._addresses and not self._allowed(scope):
+        if routing.addresses and not _allowed(routing, scope):
             echo = None
         else:
             echo = route.adapter.challenge(scope.get("query_string", b""), tokens)
@@ -268,35 +281,37 @@ class Webhooks:
             error = f"the body names no instance and {len(found)} sources accept its credentials"
         return found[0], error
 
-    async def _body(self, scope: Scope, receive: Receive) -> bytes:
-        limit = self._http.max_body_bytes
-        declared = header(scope["headers"], b"content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                raise Reject(400, "bad content-length")
-            digits = declared.lstrip(b"0")  # int() refuses more than 4300 digits
-            if len(digits) > len(str(limit)) or int(digits or b"0") > limit:
-                raise Reject(413, f"body over {limit} bytes")
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            async with asyncio.timeout(self._http.body_timeout):
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        raise Reject(400, "client went away")
-                    chunk = message.get("body", b"")
-                    size += len(chunk)
-                    if size > limit:
-                        raise Reject(413, f"body over {limit} bytes")
-                    chunks.append(chunk)
-                    if not message.get("more_body", False):
-                        break
-        except TimeoutError:
-            raise Reject(408, "body not received in time") from None
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    def _allowed(self, scope: Scope) -> bool:
-        client = scope.get("client")
-        forwarded = header(scope["headers"], b"x-forwarded-for")
-        return self._addresses.allowed(client[0] if client else None, forwarded)
+async def _body(http: HttpConfig, scope: Scope, receive: Receive) -> bytes:
+    limit = http.max_body_bytes
+    declared = header(scope["headers"], b"content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise Reject(400, "bad content-length")
+        digits = declared.lstrip(b"0")  # int() refuses more than 4300 digits
+        if len(digits) > len(str(limit)) or int(digits or b"0") > limit:
+            raise Reject(413, f"body over {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(http.body_timeout):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise Reject(400, "client went away")
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise Reject(413, f"body over {limit} bytes")
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+    except TimeoutError:
+        raise Reject(408, "body not received in time") from None
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _allowed(routing: Routing, scope: Scope) -> bool:
+    client = scope.get("client")
+    forwarded = header(scope["headers"], b"x-forwarded-for")
+    return routing.addresses.allowed(client[0] if client else None, forwarded)

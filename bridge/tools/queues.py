@@ -15,6 +15,11 @@ hashing the `x-chat-id` header: every message of one chat lands in the same shar
 each shard has its own single active consumer. Messages without `x-chat-id` hash on the missing
 header, so they all land in one and the same shard.
 
+On a fresh broker (the notifications exchange does not exist yet) the bridge's own topology is
+declared first, as `bridge run` declares it from the config (`--config`, else the defaults),
+with `--exchange` declared like a source's own exchange: so consumer queues can be set up
+before the bridge first runs.
+
 Idempotent: objects that exist as asked are reported as `exists`; nothing existing is changed
 or unbound. An object declared differently (`PRECONDITION_FAILED`) is an error naming it and
 every argument that differs, exit status 2: each mismatch the broker names is adjusted in a
@@ -38,9 +43,10 @@ import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
+from bridge.amqp import topology as bridge_topology
 from bridge.amqp.connection import open_connection
 from bridge.arguments import DEAD_LETTER, DELIVERY_LIMIT, queues_declare
-from bridge.config import AmqpConfig, load, mask_url
+from bridge.config import AmqpConfig, ArchiveConfig, load, mask_url
 from bridge.errors import ConfigError, TopologyError
 
 HASH_HEADER: Final = "x-chat-id"
@@ -68,7 +74,7 @@ class Binding(NamedTuple):
 class Plan(NamedTuple):
     """What to declare, in order (pure data)."""
 
-    source: str  # the notifications exchange: must exist already
+    source: str  # the notifications exchange: exists, or the bridge's topology declares it
     exchanges: tuple[Decl, ...]
     queues: tuple[Decl, ...]
     bindings: tuple[Binding, ...]
@@ -310,14 +316,40 @@ async def _declare_queue(connection: AbstractConnection, queue: Decl) -> Row:
     return Row("queue", queue.name, state, detail)
 
 
-async def apply(connection: AbstractConnection, todo: Plan) -> list[Row]:
-    """Declare the plan; `TopologyError` on any conflict (nothing existing is changed)."""
+async def _declare_own(connection: AbstractConnection, topo: bridge_topology.Topology) -> list[Row]:
+    """The bridge's own objects (what `bridge run` declares), reported like the plan's."""
+    rows: list[Row] = []
+    for ex in topo.exchanges:
+        state = "exists" if await _exists(connection, "exchange", ex.name) else "created"
+        rows.append(Row("exchange", ex.name, state, {"type": ex.kind, "arguments": ex.arguments}))
+    for q in topo.queues:
+        state = "exists" if await _exists(connection, "queue", q.name) else "created"
+        detail = {"arguments": dict(bridge_topology.QUORUM), "messages": 0, "consumers": 0}
+        rows.append(Row("queue", q.name, state, detail))
+    if topo.archive is not None:  # the stream `bridge replay` reads
+        name = topo.archive.stream
+        state = "exists" if await _exists(connection, "queue", name) else "created"
+        detail = {"arguments": dict(topo.archive.arguments), "messages": 0, "consumers": 0}
+        rows.append(Row("queue", name, state, detail))
+    async with _channel(connection) as channel:
+        await bridge_topology.declare(channel, topo, timeout=TIMEOUT)
+    return rows
+
+
+async def apply(
+    connection: AbstractConnection, todo: Plan, own: bridge_topology.Topology | None = None
+) -> list[Row]:
+    """Declare the plan — first `own`, the bridge's topology, if `todo.source` does not exist
+    yet; `TopologyError` on any conflict (nothing existing is changed)."""
+    rows: list[Row] = []
     if not await _exists(connection, "exchange", todo.source):
-        raise TopologyError(
-            f"exchange {todo.source!r} does not exist: `bridge run` declares it"
-            " (or pass --exchange / --config)"
-        )
-    rows = [await _declare_exchange(connection, ex) for ex in todo.exchanges]
+        if own is None:
+            raise TopologyError(
+                f"exchange {todo.source!r} does not exist: `bridge run` declares it"
+                " (or pass --exchange / --config)"
+            )
+        rows += await _declare_own(connection, own)
+    rows += [await _declare_exchange(connection, ex) for ex in todo.exchanges]
     rows += [await _declare_queue(connection, q) for q in todo.queues]
     async with _channel(connection) as channel:
         for bind in todo.bindings:
@@ -366,10 +398,22 @@ def broker_target(args: argparse.Namespace) -> tuple[str, str]:
     return args.amqp_url or amqp.url, args.exchange or amqp.exchange
 
 
-async def declare(url: str, todo: Plan) -> list[Row]:
+def own_topology(args: argparse.Namespace, exchange: str) -> bridge_topology.Topology:
+    """What `bridge run` declares for the config (the defaults, with `--amqp-url`), and
+    `exchange` declared like a source's own exchange if the config does not name it."""
+    if args.amqp_url:
+        amqp, extra, archive = AmqpConfig(), [], ArchiveConfig()
+    else:
+        cfg = load(args.config, secrets=False).config
+        amqp, extra = cfg.amqp, [s.exchange for s in cfg.sources if s.exchange]
+        archive = cfg.archive
+    return bridge_topology.topology(amqp, [*extra, exchange], archive)
+
+
+async def declare(url: str, todo: Plan, own: bridge_topology.Topology | None = None) -> list[Row]:
     connection = await open_connection(url, timeout=TIMEOUT)
     try:
-        return await apply(connection, todo)
+        return await apply(connection, todo, own)
     finally:
         with contextlib.suppress(*CONNECTION_EXCEPTIONS):
             await connection.close()
@@ -387,7 +431,7 @@ def run(args: argparse.Namespace) -> int:
             shards=args.shards,
             by=args.by,
         )
-        rows = asyncio.run(declare(url, todo))
+        rows = asyncio.run(declare(url, todo, own_topology(args, exchange)))
     except ConfigError as exc:
         print(f"bridge queues declare: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -452,9 +452,10 @@ async def _delete_sink(node: RabbitNode, names: Names, sink: str) -> None:
     await asyncio.to_thread(node.ensure_running)
     connection = await aio_pika.connect(node.amqp_url)
     async with connection:
-        for queue in (sink, names.unrouted, names.invalid):
+        for queue in (sink, names.unrouted, names.invalid, names.archive):
             with contextlib.suppress(Exception):
                 await (await connection.channel()).queue_delete(queue)
-        for exchange in (names.exchange, names.unrouted, names.invalid, f"{names.prefix}.members"):
+        exchanges = (names.ingest, names.exchange, names.unrouted, names.invalid, names.members)
+        for exchange in exchanges:
             with contextlib.suppress(Exception):
                 await (await connection.channel()).exchange_delete(exchange)

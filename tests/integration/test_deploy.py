@@ -243,9 +243,41 @@ def test_dockerfile_and_dockerignore() -> None:
     assert "EXPOSE 8080" in runtime
     assert any(line.startswith("HEALTHCHECK") and "/healthz" in line for line in runtime)
     assert "STOPSIGNAL SIGTERM" in runtime
-    assert 'ENTRYPOINT ["bridge"]' in runtime
+    assert f'ENTRYPOINT ["{IMAGE_BRIDGE}"]' in runtime  # not a bare `bridge`: /sbin/bridge
     ignored = set((ROOT / ".dockerignore").read_text().split())
     assert {".venv", ".git", ".pytest_cache", ".mypy_cache", ".ruff_cache"} <= ignored
+
+
+#: The bridge's executable in the image: where the build's UV_PROJECT_ENVIRONMENT puts it.
+IMAGE_BRIDGE = "/app/.venv/bin/bridge"
+
+
+def test_every_installed_and_documented_way_to_run_names_our_bridge_not_iproute2s() -> None:
+    """`bridge` is also iproute2's /sbin/bridge: the image, the systemd unit and the Kubernetes
+    manifests name ours by absolute path, and the package ships a second, distinctive name."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "UV_PROJECT_ENVIRONMENT=/app/.venv" in dockerfile
+    assert f'ENTRYPOINT ["{IMAGE_BRIDGE}"]' in dockerfile
+    unit = (DEPLOY / "systemd" / "bridge.service").read_text()
+    (exec_start,) = re.findall(r"^ExecStart=(\S+)", unit, flags=re.M)
+    assert exec_start == "/opt/bridge/.venv/bin/bridge"  # the checkout's environment (docs)
+    for name in ("deployment-webhook.yaml", "deployment-poller.yaml"):
+        (doc,) = load_yaml(DEPLOY / "kubernetes" / name)
+        for container in doc["spec"]["template"]["spec"]["containers"]:
+            assert container["command"] == [IMAGE_BRIDGE], name
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"bridge": "bridge.cli:main", "whatsapp-bridge": "bridge.cli:main"}
+    # installed: both names are the same command (the image's wheel: test_image.py)
+    venv_bin = Path(sys.executable).parent
+    versions = {
+        subprocess.run(
+            [str(venv_bin / name), "--version"], capture_output=True, text=True, check=True
+        ).stdout
+        for name in scripts
+    }
+    assert versions == {f"bridge {importlib.metadata.version('bridge')}\n"}
+    for doc in (ROOT / "README.md", ROOT / "docs" / "operations.md"):
+        assert "whatsapp-bridge" in doc.read_text(), doc.name
 
 
 def runtime_distributions() -> set[str]:
@@ -714,6 +746,10 @@ def test_alert_rules_use_only_bridge_metrics_and_explain_themselves() -> None:
     find("bridge_source_running == 0")
     find('bridge_webhook_responses_total{status="503"}')
     find("bridge_poll_errors_total")
+    silent = find("time() -", "bridge_last_notification_timestamp_seconds")
+    assert "bridge_instance_silent_after_seconds" in silent["expr"]
+    assert "bridge_instance_authorized) == 0" in " ".join(silent["expr"].split())
+    assert find("bridge_instance_state == 1", "bridge_instance_authorized")["for"] == "10m"
 
 
 def test_alert_rules_pass_promtool() -> None:
@@ -755,6 +791,9 @@ def test_grafana_dashboard_panels_use_bridge_metrics() -> None:
         "bridge_received_total", "bridge_published_total", "bridge_confirm_latency_seconds_bucket",
         "bridge_publish_in_flight", "bridge_broker_ready", "bridge_quarantined_total",
         "bridge_webhook_responses_total", "bridge_poll_errors_total", "bridge_source_running",
+        "bridge_last_notification_timestamp_seconds", "bridge_instance_silent_after_seconds",
+        "bridge_instance_authorized", "bridge_instance_state",
+        "bridge_instance_state_probe_errors_total",
     }  # fmt: skip
     assert expected <= used
     exprs = " ".join(t["expr"] for p in panels for t in p["targets"])
@@ -781,6 +820,10 @@ def expected_topology() -> tuple[
     exchanges = {ex.name: (ex.kind, dict(ex.arguments)) for ex in topo.exchanges}
     queues = {q.name: dict(QUORUM) for q in topo.queues}
     bindings = {(q.bind_to, q.name, "#") for q in topo.queues}
+    assert topo.archive is not None  # on by default: the stream behind its ingest fanout
+    queues[topo.archive.stream] = dict(topo.archive.arguments)
+    for topic, fanout in topo.archive.ingest.items():
+        bindings |= {(fanout, topo.archive.stream, ""), (fanout, topic, "")}
     consumer = queues_tool.plan(
         "billing.incoming", ["incomingMessageReceived"], exchange=amqp.exchange
     )
@@ -807,7 +850,10 @@ def test_definitions_hold_the_bridge_topology_and_safe_policies() -> None:
     for q in defs["queues"]:
         assert (q["vhost"], q["durable"], q["auto_delete"]) == ("/", True, False)
     assert {(b["source"], b["destination"], b["routing_key"]) for b in defs["bindings"]} == bindings
-    assert {b["destination_type"] for b in defs["bindings"]} == {"queue"}
+    kinds = {(b["destination"], b["destination_type"]) for b in defs["bindings"]}
+    # queues, and the topic exchange behind the archive's ingest fanout
+    assert {name for name, kind in kinds if kind != "queue"} == {"notifications"}
+    assert {kind for _, kind in kinds} == {"queue", "exchange"}
 
     policies = {p["name"]: p for p in defs["policies"]}
     for policy in policies.values():

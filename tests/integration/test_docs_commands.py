@@ -5,11 +5,15 @@ of this test's own, and every documented command then runs in a shell with the s
 environment. A command whose documented output follows it must print that output; a command
 that is documented as long-running (`make run`, `bridge run`, `bridge fake-provider`, `bridge
 tail` without `--count`) is started, checked alive after a few seconds, and stopped with
-SIGTERM, which must exit 0. Commands that cannot run here are listed in EXEMPT with the reason.
+SIGTERM, which must exit 0. `rabbitmqctl` commands run as documented, through the machine's
+own `rabbitmqctl` (Debian's wrapper: it runs from /var/lib/rabbitmq as the rabbitmq user),
+against the tests' own RabbitMQ node; what they import is deleted afterwards. Commands that
+cannot run here are listed in EXEMPT with the reason.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -19,11 +23,14 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pika
 import pytest
 
 from tests.conftest import DEMO_ENV
+from tests.support.rabbitnode import RabbitNode
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -42,9 +49,11 @@ EXEMPT = {
     "systemctl": "changes the machine",
     "make bench": "a benchmark (minutes); its harness has its own smoke tests",
     "bridge bench": "a benchmark (minutes); its harness has its own smoke tests",
+    "pipx install": "installs into the user's ~/.local; the image installs the same wheel, and test_image.py runs both of its commands",
     "make run": "started once for the whole test (the demo every other command runs against)",
-    "rabbitmqctl import_definitions": "adds policies to the broker; test_deploy.py imports the file into the tests' own node",
 }
+#: run against the tests' own RabbitMQ node, never the shared broker (they add policies)
+ON_OWN_NODE = ("rabbitmqctl ",)
 LONG_RUNNING = ("bridge run", "bridge fake-provider")
 #: consumer services: run until stopped
 SERVICES = re.compile(r"^(\w+=\S+ )*python examples/")
@@ -153,11 +162,13 @@ async def main():
     c = await aio_pika.connect("amqp://guest:guest@127.0.0.1:5672/")
     async with c:
         for q in ("{prefix}.notifications.unrouted", "{prefix}.notifications.invalid", "billing.incoming",
+                  "{prefix}.notifications.archive",
                   *(("notifications.dead",) if {dead_letter!r} else ())):
             ch = await c.channel()
             try: await ch.queue_delete(q)
             except Exception: pass
         for e in ("{prefix}.notifications", "{prefix}.notifications.unrouted", "{prefix}.notifications.invalid",
+                  "{prefix}.notifications.ingest",
                   *(("notifications.dead",) if {dead_letter!r} else ())):
             ch = await c.channel()
             try: await ch.exchange_delete(e)
@@ -175,11 +186,15 @@ def test_the_docs_show_commands() -> None:
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=[f"{c.doc}:{c.line}" for c in COMMANDS])
-def test_documented_command(command: Command, demo_env: dict[str, str]) -> None:
+def test_documented_command(command: Command, request: pytest.FixtureRequest) -> None:
     reason = exempt(command)
     if reason is not None:
         pytest.skip(reason)
     text = command.text
+    if text.startswith(ON_OWN_NODE):
+        on_own_node(command, request.getfixturevalue("own_rabbit"))
+        return
+    demo_env: dict[str, str] = request.getfixturevalue("demo_env")
     env = dict(demo_env)
     if m := re.fullmatch(r"export (\w+)=(\S+)", text):
         demo_env[m[1]] = m[2]  # later commands of the docs see it, as in a shell
@@ -220,3 +235,66 @@ def test_documented_command(command: Command, demo_env: dict[str, str]) -> None:
         if line in ("…", "..."):
             continue
         assert line in printed, f"documented output {line!r} not in:\n{printed}"
+
+
+def _definitions(node: RabbitNode) -> dict[str, Any]:
+    return json.loads(node.rabbitmqctl("-q", "export_definitions", "-"))
+
+
+def _names(defs: dict[str, Any], kind: str) -> set[str]:
+    return {item["name"] for item in defs.get(kind, []) if item.get("vhost", "/") == "/"}
+
+
+def on_own_node(command: Command, node: RabbitNode) -> None:
+    """Run a documented `rabbitmqctl` command verbatim, in the repository's root, with the
+    machine's `rabbitmqctl`, on `node`; an import must then hold all of definitions.json.
+    Everything it added is deleted again, so the node is left as it was."""
+    cookie = (node.data_dir or Path()) / ".erlang.cookie"
+    env = {
+        **os.environ,
+        "RABBITMQ_NODENAME": node.name,
+        # the wrapper resets HOME (and so the cookie file) to the rabbitmq user's
+        "RABBITMQ_ERLANG_COOKIE": cookie.read_text(),
+    }
+    before = _definitions(node)
+    imported: dict[str, Any] | None = None  # the node's definitions once the import is done
+    try:
+        result = subprocess.run(
+            ["bash", "-c", command.text], cwd=REPO, env=env, capture_output=True, text=True,
+            timeout=120, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout + result.stderr
+        if "import_definitions" not in command.text:
+            return
+        wanted = json.loads((REPO / "deploy" / "rabbitmq" / "definitions.json").read_text())
+        deadline = time.monotonic() + 30  # the import runs asynchronously in the broker
+        while True:
+            have = _definitions(node)
+            missing = {
+                kind: _names(wanted, kind) - _names(have, kind)
+                for kind in ("exchanges", "queues", "policies")
+            }
+            if not any(missing.values()):
+                imported = have
+                break
+            assert time.monotonic() < deadline, f"not imported: {missing}"
+            time.sleep(0.2)
+    finally:
+        _restore(node, before, imported)
+
+
+def _restore(node: RabbitNode, before: dict[str, Any], now: dict[str, Any] | None) -> None:
+    """Delete the exchanges, queues and policies of vhost / that `before` did not have
+    (`now`: the node's definitions, if they were just read)."""
+    now = now or _definitions(node)
+    for name in _names(now, "policies") - _names(before, "policies"):
+        node.rabbitmqctl("clear_policy", name)
+    queues = _names(now, "queues") - _names(before, "queues")
+    exchanges = _names(now, "exchanges") - _names(before, "exchanges")
+    if queues or exchanges:
+        with pika.BlockingConnection(pika.URLParameters(node.amqp_url)) as connection:
+            channel = connection.channel()
+            for name in queues:
+                channel.queue_delete(name)
+            for name in exchanges:
+                channel.exchange_delete(name)

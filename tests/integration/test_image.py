@@ -48,6 +48,8 @@ DEV_ONLY = {
     "faststream",
     "whatsapp-api-client-python",
     "pyyaml",
+    "kombu",
+    "cloudevents",
 }
 SECRET_NAMES = re.compile(
     r"(\.pem|\.key|\.p12|\.pfx|\.crt|^\.env(\..*)?|token.*|^id_(rsa|ed25519).*)$"
@@ -102,7 +104,26 @@ def test_default_user_is_not_root(img: Image) -> None:
     assert img.config["User"] == "10001:10001"
     done = img.run(["id", "-u"])
     assert done.stdout.strip() == "10001"
-    assert img.argv()[:2] == ["bridge", "run"]
+    assert img.argv()[:2] == ["/app/.venv/bin/bridge", "run"]
+
+
+def test_the_entry_point_is_ours_whatever_bridge_comes_first_on_path(img: Image) -> None:
+    """`bridge` is also iproute2's: with one earlier on PATH (as a derived image that installs
+    iproute2 would have), the entry point still runs ours; `whatsapp-bridge` is ours too."""
+    version = f"bridge {PYPROJECT['project']['version']}\n"
+    impostor = img.root / "usr" / "local" / "sbin" / "bridge"
+    impostor.parent.mkdir(parents=True, exist_ok=True)
+    impostor.write_text('#!/bin/sh\necho "bridge utility, iproute2"\n')
+    impostor.chmod(0o755)
+    try:
+        path = {"PATH": "/usr/local/sbin:" + img.env()["PATH"]}
+        assert img.run(["bridge", "--version"], env=path).stdout.startswith("bridge utility")
+        done = img.run(img.argv(["--version"]), env=path)
+        assert (done.returncode, done.stdout) == (0, version), done.stderr
+        done = img.run(["whatsapp-bridge", "--version"], env=path)
+        assert (done.returncode, done.stdout) == (0, version), done.stderr
+    finally:
+        impostor.unlink()
 
 
 def test_no_dev_dependencies_tests_or_history(img: Image) -> None:
@@ -240,11 +261,11 @@ def test_compose_names_every_file_and_variable(img: Image) -> None:
             assert source.is_file(), f"{name}: {source} (mounted at {target}) is missing"
             img.put(target, source)
         argv = stack.argv(name)
-        assert argv[0] in ("bridge", "python"), f"{name}: {argv}"
+        assert argv[0] in ("/app/.venv/bin/bridge", "python"), f"{name}: {argv}"
         for word in argv:
             if word.startswith("/"):
                 assert (img.root / word[1:]).exists(), f"{name}: {word} is not in the image"
-        if argv[:2] in (["bridge", "run"], ["bridge", "fake-provider"]):
+        if composestack.named(argv)[:2] in (["bridge", "run"], ["bridge", "fake-provider"]):
             config = argv[argv.index("--config") + 1]
             check = img.run(["bridge", "check-config", "--config", config], stack.env(name))
             assert check.returncode == 0, f"{name}: {check.stderr}"

@@ -84,7 +84,7 @@ async def test_every_sample_arrives_byte_identical_under_its_type(tmp_path: Path
         event = json.loads(body)["typeWebhook"]
         assert message.body == body, name
         assert message.routing_key == event
-        assert message.exchange == names.exchange
+        assert message.exchange == names.ingest  # published to the archive's fanout
         assert message.delivery_mode == 2
         assert message.content_type == "application/json"
         assert message.type == event

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
@@ -84,6 +84,11 @@ def one_shot(spec: Mapping[str, Any]) -> bool:
     return str(spec.get("restart", "no")).split(":")[0] in ("no", "on-failure")
 
 
+def named(argv: list[str]) -> list[str]:
+    """`argv` with its program by name: the image's entry point is `/app/.venv/bin/bridge`."""
+    return [PurePosixPath(argv[0]).name, *argv[1:]] if argv else []
+
+
 class Stack:
     """Starts compose services (and what they depend on) from the image; `image.stop_all`
     stops them."""
@@ -134,7 +139,7 @@ class Stack:
     def isolated_env(self, name: str) -> dict[str, str]:
         env = {k: self.rewrite(name, v) for k, v in self.env(name).items()}
         argv = self.argv(name)
-        if argv[:2] == ["bridge", "run"] or argv[:2] == ["bridge", "fake-provider"]:
+        if named(argv)[:2] in (["bridge", "run"], ["bridge", "fake-provider"]):
             env.update(
                 BRIDGE_AMQP__EXCHANGE=self.names.exchange,
                 BRIDGE_AMQP__UNROUTED_EXCHANGE=self.names.unrouted,
@@ -149,7 +154,7 @@ class Stack:
 
     def isolated_argv(self, name: str) -> list[str]:
         argv = [self.rewrite(name, word) for word in self.argv(name)]
-        if argv[:3] == ["bridge", "queues", "declare"]:
+        if named(argv)[:3] == ["bridge", "queues", "declare"]:
             argv += ["--exchange", self.names.exchange]
             argv += ["--dead-letter-exchange", f"{self.names.prefix}.dead"]
         return argv

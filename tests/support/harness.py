@@ -75,6 +75,16 @@ class Names:
         return f"{self.prefix}.notifications.invalid"
 
     @property
+    def archive(self) -> str:
+        """The stream (`archive.stream`'s default for this exchange)."""
+        return f"{self.prefix}.notifications.archive"
+
+    @property
+    def ingest(self) -> str:
+        """The fanout the bridge publishes to while the archive is on."""
+        return f"{self.prefix}.notifications.ingest"
+
+    @property
     def members(self) -> str:
         return f"{self.prefix}.members"
 
@@ -95,6 +105,7 @@ def bridge_toml(
     source_extra: str = "",
     amqp_extra: str = "",
     http_extra: str = "",
+    archive_extra: str = "",
     lease: str = "interval = 0.25\nsettle = 0.75",
 ) -> tuple[str, dict[str, str]]:
     """A config polling ``instances`` with quick back-offs; ``extra`` goes into ``[poll]`` and
@@ -107,6 +118,9 @@ def bridge_toml(
         f'invalid_exchange = "{names.invalid}"',
         "confirm_timeout = 5",
         amqp_extra,
+        "[archive]",  # named after the exchange: deleted with it by delete_topology
+        f'stream = "{names.archive}"',
+        archive_extra,
         "[http]",
         'listen = "127.0.0.1:0"',
         http_extra,
@@ -212,10 +226,11 @@ async def delete_topology(amqp_url: str, names: Names) -> None:
     connection = await aio_pika.connect(amqp_url)
     try:
         channel = await connection.channel()
-        for queue in (names.unrouted, names.invalid):
+        for queue in (names.unrouted, names.invalid, names.archive):
             with contextlib.suppress(Exception):
                 await channel.queue_delete(queue)
-        for exchange in (names.exchange, names.unrouted, names.invalid, names.members):
+        exchanges = (names.ingest, names.exchange, names.unrouted, names.invalid, names.members)
+        for exchange in exchanges:
             with contextlib.suppress(Exception):
                 await channel.exchange_delete(exchange)
     finally:

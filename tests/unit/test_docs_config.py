@@ -7,7 +7,16 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from bridge.config import AmqpConfig, HttpConfig, LeaseConfig, LogConfig, PollConfig, Source
+from bridge.config import (
+    AmqpConfig,
+    ArchiveConfig,
+    HttpConfig,
+    LeaseConfig,
+    LogConfig,
+    MonitorConfig,
+    PollConfig,
+    Source,
+)
 
 DOC = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
 SECTIONS = {
@@ -15,7 +24,9 @@ SECTIONS = {
     "http": HttpConfig,
     "poll": PollConfig,
     "lease": LeaseConfig,
+    "monitor": MonitorConfig,
     "log": LogConfig,
+    "archive": ArchiveConfig,
 }
 
 

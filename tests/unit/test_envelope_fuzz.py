@@ -10,8 +10,10 @@ a polled queue.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from urllib.parse import quote, unquote
 
 import pamqp.frame
+from cloudevents.core.bindings.rabbitmq import RabbitMQMessage, from_binary_event
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pamqp import commands
@@ -96,3 +98,35 @@ def test_built_messages_frame(
     )  # fmt: skip
     amqp_frames(bad)
     assert bad.message_id == out.message_id
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    event=EVENTS,
+    timestamp=st.none() | HOSTILE_INTS,
+    chat_id=st.none() | HOSTILE_TEXT,
+    instance=st.text(min_size=1, max_size=60),
+    received_at_ms=st.integers(0, 253_402_300_799_999),
+)
+@example(event="x", timestamp=None, chat_id="🙂" * 600, instance="a b", received_at_ms=0)
+def test_cloudevents_messages_frame_and_the_sdk_reads_them(
+    event: str, timestamp: int | None, chat_id: str | None, instance: str, received_at_ms: int
+) -> None:
+    """With `cloudevents`, whatever the payload holds: the message frames, and the CloudEvents
+    SDK's RabbitMQ binding reads it into an event with the bridge's values."""
+    out = build(
+        exchange="notifications", routing_key=event, provider="greenapi", instance=instance,
+        ingest="webhook", body=b'{"a": 1}', classified=Classified(event, timestamp, chat_id),
+        received_at_ms=received_at_ms, cloudevents=True,
+    )  # fmt: skip
+    amqp_frames(out)
+    ce = {k: v for k, v in out.headers.items() if k.startswith("ce-")}
+    assert all(isinstance(v, str) for v in ce.values())
+    message = RabbitMQMessage(headers=ce, content_type="application/json", body=out.body)  # type: ignore[arg-type]
+    read = from_binary_event(message)
+    assert (read.get_id(), read.get_type()) == (out.message_id, event)
+    assert read.get_source() == "/greenapi/" + quote(instance, safe="")
+    assert unquote(read.get_source().split("/", 2)[2]) == instance
+    assert read.get_subject() == (chat_id[:512] if chat_id else None)
+    assert read.get_time() is not None and read.get_time().tzinfo is not None
+    assert read.get_data() == {"a": 1}

@@ -163,6 +163,7 @@ def test_every_message_encodes_as_pamqp_encodes_it(case: tuple[Outbound, int, in
                              st.text(st.characters(codec="utf-8"), max_size=600)), max_size=3),
     body=st.binary(max_size=400),
     ingest=st.sampled_from(["poll", "webhook"]),
+    cloudevents=st.booleans(),
 )  # fmt: skip
 def test_what_the_envelope_builds_encodes_as_pamqp_encodes_it(
     event: str,
@@ -173,13 +174,16 @@ def test_what_the_envelope_builds_encodes_as_pamqp_encodes_it(
     extra: list[tuple[str, str]],
     body: bytes,
     ingest: str,
+    cloudevents: bool,
 ) -> None:
-    classified = Classified(event, timestamp, chat_id, message_key, tuple(extra))
+    classified = Classified(event, timestamp, chat_id, message_key, True, tuple(extra))
     out = build(
         exchange="notifications.ingest", routing_key=event, provider="greenapi",
         instance="1101", ingest=ingest, body=body, classified=classified,
-        received_at_ms=1_700_000_000_000, receipt_id=receipt_id,
+        received_at_ms=1_700_000_000_000, receipt_id=receipt_id, cloudevents=cloudevents,
     )  # fmt: skip
+    if cloudevents:
+        assert out.headers["ce-id"] == out.message_id
     encode = frames.Encoder(1, RABBIT_FRAME_MAX)
     assert encode(out) == oracle(out)
     bad = quarantine(
