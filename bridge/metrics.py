@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import accumulate
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+
+#: how prometheus_client writes a bucket bound ("0.5", "1.0", "+Inf"); untyped there
+_bound_label: Callable[[float], str] = floatToGoString
 
 RECEIVED = Counter(
     "bridge_received",
@@ -40,12 +48,51 @@ POLL_ERRORS = Counter(
     ["provider", "instance", "method", "error_class"],
     registry=REGISTRY,
 )
-CONFIRM_LATENCY = Histogram(
+
+
+class LoopHistogram(Collector):
+    """A histogram only the event loop's thread observes and scrapes (`/metrics` is served on
+    that loop): plain counts without prometheus_client's per-call locks, read at scrape time."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        *,
+        buckets: Sequence[float],
+        registry: CollectorRegistry,
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._bounds = (*sorted(float(b) for b in buckets), float("inf"))
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        registry.register(self)
+
+    def observe(self, amount: float) -> None:
+        self._sum += amount
+        self._counts[bisect_left(self._bounds, amount)] += 1
+
+    def collect(self) -> Iterator[Metric]:
+        cumulative: Iterable[int] = accumulate(self._counts)
+        yield HistogramMetricFamily(
+            self._name,
+            self._documentation,
+            buckets=[(_bound_label(b), n) for b, n in zip(self._bounds, cumulative, strict=True)],
+            sum_value=self._sum,
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        yield HistogramMetricFamily(self._name, self._documentation)
+
+
+CONFIRM_LATENCY = LoopHistogram(
     "bridge_confirm_latency_seconds",
     "Time from publish to broker confirm",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     registry=REGISTRY,
 )
+#: read at scrape time from the publisher (`set_function`): nothing per publish
 IN_FLIGHT = Gauge(
     "bridge_publish_in_flight", "Publishes awaiting a broker confirm", registry=REGISTRY
 )
