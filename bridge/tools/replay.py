@@ -364,6 +364,30 @@ def _offset(headers: dict[str, Any]) -> int:
     return value if isinstance(value, int) else -1
 
 
+class _Outage:
+    """Since when the replay has been without a working session, and the back-off between
+    attempts: a refused connection and a node that answers but cannot serve the stream yet
+    (still recovering it) both wait, never loop tightly."""
+
+    def __init__(self, reconnect_for: float) -> None:
+        self.reconnect_for = reconnect_for
+        self.since: float | None = None
+        self.attempt = 0
+
+    def begin(self) -> None:
+        """A session that had read on was lost: a new outage."""
+        self.since, self.attempt = time.monotonic(), 0
+
+    async def wait(self) -> bool:
+        """Back off before the next attempt; False once `reconnect_for` has passed."""
+        assert self.since is not None
+        if time.monotonic() - self.since > self.reconnect_for:
+            return False
+        await asyncio.sleep(RECONNECT.delay(self.attempt))
+        self.attempt += 1
+        return True
+
+
 async def replay(
     url: Target,
     stream: str,
@@ -378,23 +402,21 @@ async def replay(
     run = _Replay(stream, plan, out)
     summary = run.summary
     started = time.monotonic()
-    lost: float | None = None
-    attempt = 0
+    outage = _Outage(reconnect_for)
     try:
         while True:
             try:
                 connection = await connect(url, "replay", timeout=TIMEOUT)
             except (*CONNECTION_EXCEPTIONS, TimeoutError) as exc:
-                if lost is None:
+                if outage.since is None:
                     raise
-                if time.monotonic() - lost > reconnect_for:
+                if not await outage.wait():
                     summary.error = (
                         f"{summary.error}; no connection for {reconnect_for:g} s: {exc!r}"
                     )
                     break
-                await asyncio.sleep(RECONNECT.delay(attempt))
-                attempt += 1
                 continue
+            progress = run.position.counted
             try:
                 await run.session(connection)
             except ArchiveIdle as exc:
@@ -406,7 +428,11 @@ async def replay(
                 summary.error = f"lost the connection: {exc}"
                 run.start = run.position.resume_at()
                 summary.reconnects += 1
-                lost, attempt = lost or time.monotonic(), 0
+                if outage.since is None or run.position.counted > progress:
+                    outage.begin()
+                if not await outage.wait():
+                    summary.error = f"{summary.error}; not back within {reconnect_for:g} s"
+                    break
                 continue
             else:
                 summary.complete, summary.error = True, None
