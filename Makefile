@@ -31,7 +31,7 @@ management:
 ## (floor in pyproject.toml; the pure modules to every line and branch)
 PURE_MODULES := bridge/routing.py,bridge/envelope.py,bridge/providers/*,bridge/placement.py,bridge/config.py,bridge/ingest/access.py,bridge/probes.py,bridge/reload.py
 test: $(BIN)/bridge broker management lint typecheck
-	$(BIN)/pytest --cov
+	BRIDGE_CHAOS_SIZE=$${BRIDGE_CHAOS_SIZE:-quick} $(BIN)/pytest --cov
 	$(BIN)/coverage report --include='$(PURE_MODULES)' --fail-under=100
 
 lint: $(BIN)/bridge

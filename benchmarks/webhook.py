@@ -7,10 +7,11 @@ does not re-publish a message_id it confirmed recently, and the id is a digest o
 spread over the K instances. Every 200 means RabbitMQ confirmed the republished message.
 
 Reference, in the same run and at the same in-flight depth: the same bodies published straight
-to the same exchange through aiormq, the way the bridge publishes them (confirm channel,
-mandatory, persistent, the bridge's properties and headers), C publishes in flight. The runs go
-reference, webhook, reference, and the reference rate is the mean of the two. The ratio of the
-webhook rate to it is what the HTTP path and the bridge's own work cost.
+to the exchange the bridge publishes to (its archive's ingest fanout when the archive is on),
+through aiormq, the way the bridge publishes them (confirm channel, mandatory, persistent, the
+bridge's properties and headers), C publishes in flight. The runs go reference, webhook,
+reference, and the reference rate is the mean of the two. The ratio of the webhook rate to it is
+what the HTTP path and the bridge's own work cost.
 
 Generators: `wrk` when it is on PATH (a generated Lua script builds every body,
 `benchmarks.wrk`), otherwise a built-in aiohttp generator. The built-in generator and the
@@ -54,6 +55,8 @@ from benchmarks.load import (
     instance_ids,
 )
 from benchmarks.wrk import parse_wrk, pick_generator, wrk_run
+from bridge.amqp.topology import topology
+from bridge.config import load
 
 __all__ = [
     "add_arguments",
@@ -115,13 +118,13 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     base_url = f"http://127.0.0.1:{port}"
     workdir = Path(tempfile.mkdtemp(prefix="bridge-bench-webhook-"))
     env = {TOKEN_ENV: token}
-    exchange = f"{prefix}.notifications"
     broker = local_broker_pid(args.amqp_url)
     bridge = None
     ok = False
     try:
         path = workdir / "bridge.toml"
         path.write_text(webhook_config(args.amqp_url, prefix, port, ids))
+        exchange = publish_exchange(path, env)
         bridge = await spawn(
             ["run", "--config", str(path), "--log-level", "warning"],
             workdir / "bridge.log",
@@ -300,6 +303,15 @@ def report(r: dict[str, Any]) -> str:
 
 # -- phases ----------------------------------------------------------------------------------
 # -- setup and cleanup ---------------------------------------------------------------------
+
+
+def publish_exchange(path: Path, env: dict[str, str]) -> str:
+    """The exchange the bridge publishes to with this config and environment (its archive's
+    ingest fanout when `archive.enabled`): the reference publishes there too, so both pay for
+    the same queues."""
+    cfg = load(path, {**os.environ, **env}, secrets=False).config
+    topo = topology(cfg.amqp, (), cfg.archive)
+    return topo.publish_exchange(cfg.amqp.exchange)
 
 
 def webhook_config(amqp_url: str, prefix: str, port: int, ids: list[str]) -> str:

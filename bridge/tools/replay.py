@@ -285,6 +285,30 @@ async def _check(connection: aio_pika.abc.AbstractConnection, stream: str, plan:
         raise ConfigError(f"exchange {plan.exchange!r} does not exist")
 
 
+class _Outage:
+    """Since when the replay has been without a working session, and the back-off between
+    attempts: a refused connection and a node that answers but cannot serve the stream yet
+    (still recovering it) both wait, never loop tightly."""
+
+    def __init__(self, reconnect_for: float) -> None:
+        self.reconnect_for = reconnect_for
+        self.since: float | None = None
+        self.attempt = 0
+
+    def begin(self) -> None:
+        """A session that had read on was lost: a new outage."""
+        self.since, self.attempt = time.monotonic(), 0
+
+    async def wait(self) -> bool:
+        """Back off before the next attempt; False once `reconnect_for` has passed."""
+        assert self.since is not None
+        if time.monotonic() - self.since > self.reconnect_for:
+            return False
+        await asyncio.sleep(RECONNECT.delay(self.attempt))
+        self.attempt += 1
+        return True
+
+
 class _Replay:
     """One replay: its marker, position and counts, over one connection after another."""
 
@@ -323,6 +347,20 @@ class _Replay:
             await self._copy(reader, sender)
         finally:
             await sender.drain()
+
+    async def lost(self, exc: BaseException, outage: _Outage, *, read_on: bool) -> bool:
+        """The session was lost: read on from where it was after a back-off; False when the
+        broker has not come back within the outage's time."""
+        summary = self.summary
+        summary.error = f"lost the connection: {exc}"
+        self.start = self.position.resume_at()
+        summary.reconnects += 1
+        if outage.since is None or read_on:
+            outage.begin()
+        if not await outage.wait():
+            summary.error = f"{summary.error}; not back within {outage.reconnect_for:g} s"
+            return False
+        return True
 
     async def _copy(self, reader: aiormq.abc.AbstractChannel, sender: _Sender) -> None:
         plan, summary, position = self.plan, self.summary, self.position
@@ -364,30 +402,6 @@ def _offset(headers: dict[str, Any]) -> int:
     return value if isinstance(value, int) else -1
 
 
-class _Outage:
-    """Since when the replay has been without a working session, and the back-off between
-    attempts: a refused connection and a node that answers but cannot serve the stream yet
-    (still recovering it) both wait, never loop tightly."""
-
-    def __init__(self, reconnect_for: float) -> None:
-        self.reconnect_for = reconnect_for
-        self.since: float | None = None
-        self.attempt = 0
-
-    def begin(self) -> None:
-        """A session that had read on was lost: a new outage."""
-        self.since, self.attempt = time.monotonic(), 0
-
-    async def wait(self) -> bool:
-        """Back off before the next attempt; False once `reconnect_for` has passed."""
-        assert self.since is not None
-        if time.monotonic() - self.since > self.reconnect_for:
-            return False
-        await asyncio.sleep(RECONNECT.delay(self.attempt))
-        self.attempt += 1
-        return True
-
-
 async def replay(
     url: Target,
     stream: str,
@@ -425,13 +439,7 @@ async def replay(
             except (ArchiveError, *CONNECTION_EXCEPTIONS, aiormq.exceptions.AMQPError) as exc:
                 if run.started is None:
                     raise
-                summary.error = f"lost the connection: {exc}"
-                run.start = run.position.resume_at()
-                summary.reconnects += 1
-                if outage.since is None or run.position.counted > progress:
-                    outage.begin()
-                if not await outage.wait():
-                    summary.error = f"{summary.error}; not back within {reconnect_for:g} s"
+                if not await run.lost(exc, outage, read_on=run.position.counted > progress):
                     break
                 continue
             else:

@@ -2,7 +2,7 @@
 bridge fleet; after each, nothing acknowledged is lost, duplicates keep their ``message_id``,
 per-instance order holds, no instance is polled twice at once, and memory stays bounded.
 
-Size: ``BRIDGE_CHAOS_SIZE=full`` (default: ``make test`` and ``make chaos``) or ``quick`` (a shorter run while developing).
+Size: ``BRIDGE_CHAOS_SIZE=full`` (the default; ``make chaos``) or ``quick`` (``make test``, and a shorter run while developing).
 See docs/faults.md.
 """
 

@@ -43,6 +43,7 @@ DOCS = [
 ]
 EXEMPT = {
     "make test": "it is what CI runs; running it from inside itself would recurse",
+    "make unit": "the unit tier, which the same `make test` runs itself",
     "docker ": "no Docker engine here; Dockerfile and compose.yaml are checked by test_deploy.py, and the image is built and exercised by tests/integration/test_image.py",
     "kubectl": "no Kubernetes here; the manifests are checked by test_deploy.py",
     "sudo ": "changes the machine",
