@@ -132,6 +132,11 @@ async def test_the_channel_internals_resolve_what_the_lane_registers(
         closing = channel.closing
         assert isinstance(closing, asyncio.Future) and not closing.done()
     finally:
+        # never consumed, so auto_delete would never remove them
+        cleanup = await connection.channel()
+        await cleanup.queue_delete(f"{names.prefix}.routed")
+        await cleanup.exchange_delete(f"{names.prefix}.routed")
+        await cleanup.exchange_delete(f"{names.prefix}.lonely")
         await connection.close()
     await asyncio.wait([closing], timeout=10)
     assert closing.done()

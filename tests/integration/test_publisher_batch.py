@@ -71,6 +71,8 @@ async def test_a_batch_leaves_in_one_write_and_arrives_whole_and_in_order() -> N
                 assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
                 assert message.headers["x-provider"] == "greenapi"
                 await message.ack()
+            await queue.delete(if_unused=False, if_empty=False)  # read by basic.get: no
+            # consumer ever cancelled, so auto_delete would never remove it
             assert got == [f"b{i}" for i in range(BATCH)]
 
 
