@@ -108,6 +108,7 @@ def demo_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
         "BRIDGE_AMQP__EXCHANGE": f"{prefix}.notifications",
         "BRIDGE_AMQP__UNROUTED_EXCHANGE": f"{prefix}.notifications.unrouted",
         "BRIDGE_AMQP__INVALID_EXCHANGE": f"{prefix}.notifications.invalid",
+        "BRIDGE_LEASE__EXCHANGE": f"{prefix}.members",  # the demo polls: its leases' beats
         "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}",
     }
     dead_letter_existed = _queue_exists("notifications.dead")
@@ -169,7 +170,7 @@ async def main():
             try: await ch.queue_delete(q)
             except Exception: pass
         for e in ("{prefix}.notifications", "{prefix}.notifications.unrouted", "{prefix}.notifications.invalid",
-                  "{prefix}.notifications.ingest",
+                  "{prefix}.notifications.ingest", "{prefix}.members",
                   *(("notifications.dead",) if {dead_letter!r} else ())):
             ch = await c.channel()
             try: await ch.exchange_delete(e)
