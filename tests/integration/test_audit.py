@@ -5,19 +5,15 @@ what the fake lost, per instance, and it exits 1."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from bridge.app import Service
-from bridge.config import Settings
 from bridge.tools import audit as audit_tool
 from tests.conftest import AMQP_URL
 from tests.support.harness import (
@@ -25,6 +21,7 @@ from tests.support.harness import (
     bridge_toml,
     delete_topology,
     fake_greenapi,
+    running,
     settings_for,
     token_for,
     wait_until,
@@ -34,18 +31,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 ROOT = Path(__file__).resolve().parents[2]
 INSTANCES = ("1101000001", "1101000002")
-
-
-@contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Service]:
-    service = Service(settings)
-    task = asyncio.create_task(service.run())
-    try:
-        await asyncio.wait_for(service.publisher.wait_ready(), 15)
-        yield service
-    finally:
-        await service.shutdown()
-        await asyncio.wait_for(task, 30)
 
 
 def message(instance: str, n: int, kind: str = "incomingMessageReceived") -> bytes:

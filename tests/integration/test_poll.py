@@ -15,7 +15,6 @@ from prometheus_client import generate_latest
 
 from bridge import APP_ID
 from bridge.app import Service
-from bridge.config import Settings
 from bridge.logs import JsonFormatter, Redactor
 from bridge.metrics import REGISTRY
 from fakeprovider.greenapi import Fault
@@ -28,24 +27,13 @@ from tests.support.harness import (
     collector,
     delete_topology,
     fake_greenapi,
+    running,
     settings_for,
     token_for,
     wait_until,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
-
-
-@contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Service]:
-    service = Service(settings)
-    task = asyncio.create_task(service.run())
-    try:
-        await asyncio.wait_for(service.publisher.wait_ready(), 15)
-        yield service
-    finally:
-        await service.shutdown()
-        await asyncio.wait_for(task, 30)
 
 
 @contextlib.asynccontextmanager

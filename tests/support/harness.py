@@ -16,9 +16,23 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
+from bridge.app import Service
 from bridge.config import Settings, load
 from fakeprovider.greenapi import FakeGreenApi
 from fakeprovider.server import serve_socket
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Service]:
+    """A `Service` running on `settings`, ready to publish; stopped when the block ends."""
+    service = Service(settings)
+    task = asyncio.create_task(service.run())
+    try:
+        await asyncio.wait_for(service.publisher.wait_ready(), 15)
+        yield service
+    finally:
+        await service.shutdown()
+        await asyncio.wait_for(task, 30)
 
 
 def free_port() -> int:
